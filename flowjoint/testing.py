@@ -123,9 +123,15 @@ def check_transform(
     if mask is None:
         mask = getattr(layer, "mask", None)
 
+    # Data-dependent initialisation (ActNorm, BatchNorm statistics) on a batch of at
+    # least 8 rows, so that a check with batch_size 1 still has batch statistics.
+    warm_x, warm_c = x, c
+    if inputs is None and batch_size < 8:
+        warm_x = draw(8, features)
+        warm_c = draw(8, context_features) if context_features else None
     layer.train()
     with torch.no_grad():
-        layer(x, context=c)  # data-dependent initialisation
+        layer(warm_x, context=warm_c)
     layer.eval()
 
     # Shapes, dtype and device.

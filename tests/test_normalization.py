@@ -1,0 +1,50 @@
+"""ActNorm and BatchNorm beyond the conformance harness."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import flowjoint as fj
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def test_actnorm_initialises_from_first_batch_only():
+    layer = fj.ActNorm(3)
+    x = 5.0 + 3.0 * torch.randn(500, 3)
+    y, logabsdet = layer(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(3), atol=1e-10, rtol=0)
+    torch.testing.assert_close(y.std(0), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logabsdet, -x.std(0).log().sum().expand(500), atol=1e-5, rtol=0)
+    before = layer.log_scale.detach().clone()
+    layer(torch.randn(10, 3))
+    assert torch.equal(layer.log_scale, before)
+
+
+def test_actnorm_initialisation_survives_state_dict_round_trip():
+    layer = fj.ActNorm(2)
+    layer(4.0 * torch.randn(100, 2))
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = fj.ActNorm(2)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(50, 2) + 100.0  # would re-initialise a fresh layer
+    assert torch.equal(fresh(x)[0], layer(x)[0])
+
+
+def test_batchnorm_train_uses_batch_statistics_eval_uses_running():
+    layer = fj.BatchNorm(2, momentum=1.0)
+    x = 2.0 + 3.0 * torch.randn(256, 2)
+    y, logabsdet = layer(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(2), atol=1e-10, rtol=0)
+    var = x.var(0, unbiased=False)
+    torch.testing.assert_close(logabsdet, (-0.5 * torch.log(var + 1e-5)).sum().expand(256))
+    layer.eval()
+    y_eval, _ = layer(x)  # momentum 1: running statistics are this batch's
+    torch.testing.assert_close(y_eval, y)
+    with pytest.raises(RuntimeError, match="eval"):
+        layer.train().inverse(y)

@@ -1,0 +1,146 @@
+"""The conformance harness catches the bugs it exists for (each mutant must fail)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import flowjoint as fj
+from flowjoint.testing import check_transform, randomize_parameters
+
+MASK = torch.tensor([False, True, True, False])
+
+
+class WrongSign(fj.AffineCoupling):
+    """Negated log-det in both directions, so that they still cancel."""
+
+    def forward(self, inputs, context=None):
+        outputs, logabsdet = super().forward(inputs, context)
+        return outputs, -logabsdet
+
+    def inverse(self, inputs, context=None):
+        outputs, logabsdet = super().inverse(inputs, context)
+        return outputs, -logabsdet
+
+
+class OneSidedSign(fj.AffineCoupling):
+    def inverse(self, inputs, context=None):
+        outputs, logabsdet = super().inverse(inputs, context)
+        return outputs, -logabsdet
+
+
+class MissingTerm(fj.AffineCoupling):
+    """Drops the log-scale of the last transformed feature, consistently both ways."""
+
+    def forward(self, inputs, context=None):
+        kept, transformed = self.split(inputs)
+        shift, log_scale = self.elementwise.shift_and_log_scale(kept)
+        outputs = self.merge(kept, shift + log_scale.exp() * transformed)
+        return outputs, log_scale[:, :-1].sum(-1)
+
+    def inverse(self, inputs, context=None):
+        outputs, _ = super().inverse(inputs, context)
+        kept, _ = self.split(inputs)
+        _, log_scale = self.elementwise.shift_and_log_scale(kept)
+        return outputs, -log_scale[:, :-1].sum(-1)
+
+
+class WrongInverse(fj.AffineCoupling):
+    def inverse(self, inputs, context=None):
+        kept, transformed = self.split(inputs)
+        shift, log_scale = self.elementwise.shift_and_log_scale(kept)
+        outputs = self.merge(kept, transformed * torch.exp(-log_scale) - shift)  # bug
+        return outputs, -log_scale.sum(-1)
+
+
+class LeakyKept(fj.AffineCoupling):
+    """Touches the kept features by one ulp: bit-identity must catch it."""
+
+    def forward(self, inputs, context=None):
+        outputs, logabsdet = super().forward(inputs, context)
+        nudged = torch.nextafter(outputs, torch.full_like(outputs, float("inf")))
+        return torch.where(self.mask, outputs, nudged), logabsdet
+
+
+class UnusedParameter(fj.AffineCoupling):
+    def __init__(self, mask):
+        super().__init__(mask)
+        self.forgotten = nn.Parameter(torch.zeros(3))
+
+
+class NonPersistentScale(fj.Transform):
+    """Keeps its scale in a non-persistent buffer: lost by a state_dict round trip."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(4))
+        self.register_buffer("offset", torch.zeros(4), persistent=False)
+
+    def forward(self, inputs, context=None):
+        return inputs * self.log_scale.exp() + self.offset, self.log_scale.sum().expand(
+            inputs.shape[0]
+        )
+
+    def inverse(self, inputs, context=None):
+        return (inputs - self.offset) * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(
+            inputs.shape[0]
+        )
+
+
+@pytest.mark.parametrize(
+    "layer,message",
+    [
+        (WrongSign(MASK), "slogdet"),
+        (OneSidedSign(MASK), "cancel"),
+        (MissingTerm(MASK), "slogdet"),
+        (WrongInverse(MASK), "inverse"),
+        (LeakyKept(MASK), "mask False"),
+        (UnusedParameter(MASK), "forgotten"),
+    ],
+    ids=[
+        "wrong_sign",
+        "one_sided_sign",
+        "missing_jacobian_term",
+        "wrong_inverse",
+        "leaky_kept",
+        "unused_param",
+    ],
+)
+def test_harness_catches_bug(layer, message):
+    with pytest.raises(AssertionError, match=message):
+        check_transform(layer, 4)
+
+
+def test_harness_catches_state_lost_in_state_dict():
+    layer = NonPersistentScale()
+    layer.offset.fill_(0.5)
+    with torch.no_grad():
+        layer.log_scale.fill_(0.2)
+    # The clone is perturbed, so only the buffer survives as-is; make the buffer differ.
+    original = check_transform(layer, 4)
+    assert original.logabsdet_error < 1e-12
+
+    class Drifting(NonPersistentScale):
+        def _load_from_state_dict(self, *args, **kwargs):
+            super()._load_from_state_dict(*args, **kwargs)
+            self.offset.add_(1.0)  # loading changes the layer
+
+    with pytest.raises(AssertionError, match="state_dict"):
+        check_transform(Drifting(), 4)
+
+
+def test_harness_leaves_the_layer_untouched():
+    layer = fj.AffineCoupling(MASK)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    check_transform(layer, 4)
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    assert layer.training
+
+
+def test_randomize_parameters_makes_a_fresh_coupling_non_identity():
+    layer = fj.AffineCoupling(MASK)
+    x = torch.randn(3, 4)
+    assert torch.equal(layer(x)[0], x)  # zero-initialised last layer
+    randomize_parameters(layer)
+    assert not torch.allclose(layer(x)[0], x)
