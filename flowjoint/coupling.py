@@ -152,14 +152,14 @@ class Coupling(Transform):
         """``(batch, features)`` -> outputs ``(batch, features)``, logabsdet ``(batch,)``."""
         self._check(inputs, context)
         kept, transformed = self.split(inputs)
-        transformed, logabsdet = self.elementwise.apply(transformed, self._condition(kept, context))
+        transformed, logabsdet = self.elementwise.map(transformed, self._condition(kept, context))
         return self.merge(kept, transformed), logabsdet
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Inverse map; logabsdet ``(batch,)`` of the inverse (the negative of forward's)."""
         self._check(inputs, context)
         kept, transformed = self.split(inputs)
-        transformed, logabsdet = self.elementwise.apply_inverse(
+        transformed, logabsdet = self.elementwise.map_inverse(
             transformed, self._condition(kept, context)
         )
         return self.merge(kept, transformed), logabsdet

@@ -200,14 +200,15 @@ class ConditionalAffine(Transform):
         shift, raw = params.chunk(2, dim=-1)  # (batch, n), (batch, n)
         return shift, soft_clamp(raw, self.log_scale_bound)
 
-    # The unchecked maps, also used by the coupling layers.
-    def apply(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    # The maps without argument checks, for callers that checked already (couplings).
+    # Not named `apply`, which nn.Module uses for recursive initialisation.
+    def map(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self.shift_and_log_scale(context)
         if log_scale is None:
             return inputs + shift, inputs.new_zeros(inputs.shape[0])
         return torch.addcmul(shift, inputs, log_scale.exp()), log_scale.sum(-1)
 
-    def apply_inverse(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    def map_inverse(self, inputs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self.shift_and_log_scale(context)
         if log_scale is None:
             return inputs - shift, inputs.new_zeros(inputs.shape[0])
@@ -217,13 +218,13 @@ class ConditionalAffine(Transform):
         """Map ``inputs`` ``(batch, n)`` given ``context`` ``(batch, context_features)``."""
         check_inputs(inputs, self.features)
         check_context(context, inputs.shape[0], self.context_features)
-        return self.apply(inputs, context)
+        return self.map(inputs, context)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Inverse map ``x = (y - shift) / scale``; log-det ``-sum(log_scale)``."""
         check_inputs(inputs, self.features)
         check_context(context, inputs.shape[0], self.context_features)
-        return self.apply_inverse(inputs, context)
+        return self.map_inverse(inputs, context)
 
 
 # ---------------------------------------------------------------------------

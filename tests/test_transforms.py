@@ -67,3 +67,11 @@ def test_compose_passes_context_and_follows_input_dtype():
     assert y.dtype == logabsdet.dtype == torch.float32
     with pytest.raises(ValueError, match="context is required"):
         composed(torch.randn(3, 2).float())
+
+
+def test_module_apply_still_recurses():
+    """nn.Module.apply (used for weight initialisation) is not shadowed by a layer."""
+    flow = fj.realnvp(4, num_layers=2, hidden_features=8)
+    seen = []
+    flow.apply(lambda module: seen.append(type(module).__name__))
+    assert seen.count("ConditionalAffine") == 2 and "Linear" in seen
