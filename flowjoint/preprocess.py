@@ -18,6 +18,7 @@ Units: ``bits/dim = nll_nats / (D * ln 2)`` for the density of ``x + u`` on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -182,15 +183,35 @@ class Preprocessed(nn.Module):
         h, logabsdet = self._pre(inputs)
         return self.model.log_prob(h) + logabsdet
 
-    def elbo(self, inputs: Tensor) -> Tensor:
-        """The model's ELBO of ``T(inputs)`` plus ``logabsdet_T``; ``(batch,)``."""
-        h, logabsdet = self._pre(inputs)
-        return self.model.elbo(h) + logabsdet
+    # ``elbo`` and ``iwae`` exist only if the wrapped model has them, so that
+    # ``hasattr(model, "elbo")`` tells a bound-trained model from an exact one.
+    @property
+    def elbo(self) -> Callable[[Tensor], Tensor]:
+        """The model's ELBO of ``T(inputs)`` plus ``logabsdet_T``: ``(batch, D) -> (batch,)``."""
+        inner = self._require("elbo")
 
-    def iwae(self, inputs: Tensor, num_samples: int) -> Tensor:
+        def elbo(inputs: Tensor) -> Tensor:
+            h, logabsdet = self._pre(inputs)
+            return inner(h) + logabsdet
+
+        return elbo
+
+    @property
+    def iwae(self) -> Callable[[Tensor, int], Tensor]:
         """The model's IWAE bound of ``T(inputs)`` plus ``logabsdet_T``; ``(batch,)``."""
-        h, logabsdet = self._pre(inputs)
-        return self.model.iwae(h, num_samples) + logabsdet
+        inner = self._require("iwae")
+
+        def iwae(inputs: Tensor, num_samples: int) -> Tensor:
+            h, logabsdet = self._pre(inputs)
+            return inner(h, num_samples) + logabsdet
+
+        return iwae
+
+    def _require(self, name: str) -> Callable:
+        method = getattr(self.model, name, None)
+        if method is None:
+            raise AttributeError(f"{type(self.model).__name__} has no {name}()")
+        return method
 
     def sample(self, num_samples: int) -> Tensor:
         """``(num_samples, D)`` on the original scale."""
@@ -199,7 +220,7 @@ class Preprocessed(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         """The training objective: the ELBO if the model has one, else the log-density."""
         if hasattr(self.model, "elbo"):
-            return self.elbo(inputs)
+            return self.elbo(inputs)  # the model's own ELBO, shifted
         return self.log_prob(inputs)
 
 

@@ -75,6 +75,7 @@ def test_preprocessed_density_is_the_change_of_variables():
     by_hand = flow.log_prob(h) + torch.log(0.9 / (17 * s * (1 - s))).sum(-1)
     torch.testing.assert_close(model.log_prob(x), by_hand)
     torch.testing.assert_close(model(x), by_hand)  # no elbo: objective is log_prob
+    assert not hasattr(model, "elbo") and not hasattr(model, "iwae")
     samples = model.sample(50)
     # the logit's image of [0, 1] is squeezed: its support is (-a, 1 + a) * 17, a = 0.05 / 0.9
     margin = 17 * 0.05 / 0.9
