@@ -4,6 +4,7 @@ One log-det contract (``forward(inputs, context) -> (outputs, logabsdet)``, data
 towards noise) computes the likelihood of NICE, Real NVP and the VAE alike.
 """
 
+from flowjoint.augmented import AugmentedFlow, decoder_coupling, encoder_coupling
 from flowjoint.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from flowjoint.distributions import StandardNormal
 from flowjoint.flows import Flow, alternating_masks, nice, realnvp
@@ -17,6 +18,7 @@ from flowjoint.nets import MLP
 from flowjoint.normalization import ActNorm, BatchNorm
 from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
 from flowjoint.transforms import Compose, ConditionalAffine, Transform, soft_clamp
+from flowjoint.vae import JointVAE
 
 __version__ = "0.1.0"
 
@@ -24,11 +26,13 @@ __all__ = [
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
+    "AugmentedFlow",
     "BatchNorm",
     "Compose",
     "ConditionalAffine",
     "Coupling",
     "Flow",
+    "JointVAE",
     "MLP",
     "Permutation",
     "RandomPermutation",
@@ -38,6 +42,8 @@ __all__ = [
     "alternating_masks",
     "block_structure",
     "check_logabsdet",
+    "decoder_coupling",
+    "encoder_coupling",
     "jacobian",
     "nice",
     "plot_jacobian_patterns",

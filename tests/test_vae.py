@@ -1,0 +1,412 @@
+"""JointVAE: the identities of DESIGN.md section 1, checked against independent code.
+
+Everything runs in float64 with randomised parameters. References are written
+here with torch.distributions, closed-form Gaussian algebra and dense Jacobians
+(torch.func), never with the library's log-det code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+from flowjoint import MLP, JointVAE, block_structure, jacobian, realnvp
+from flowjoint.testing import randomize_parameters
+
+D, d, H = 5, 3, 8
+LOG_2PI = math.log(2 * math.pi)
+KINDS = ["bernoulli", "gaussian", "flow_posterior", "flow_prior", "gaussian_unbounded"]
+
+
+def soft_clamp_ref(raw, bound):
+    return raw if bound is None else bound * torch.tanh(raw / bound)
+
+
+class Case:
+    """A randomised float64 JointVAE and the nets it was built from."""
+
+    def __init__(self, kind, seed=0):
+        torch.manual_seed(seed)
+        self.kind = kind
+        self.gaussian = kind.startswith("gaussian")
+        self.bound = None if kind == "gaussian_unbounded" else 3.0
+        self.encoder = MLP(D, 2 * d, H)
+        self.decoder = MLP(d, 2 * D if self.gaussian else D, H)
+        self.prior = realnvp(d, num_layers=2, hidden_features=H) if kind == "flow_prior" else None
+        self.post = (
+            realnvp(d, num_layers=2, hidden_features=H, context_features=D).transform
+            if kind == "flow_posterior"
+            else None
+        )
+        self.model = JointVAE(
+            D,
+            d,
+            likelihood="gaussian" if self.gaussian else "bernoulli",
+            encoder=self.encoder,
+            decoder=self.decoder,
+            prior=self.prior,
+            posterior_transform=self.post,
+            log_scale_bound=self.bound,
+        )
+        randomize_parameters(self.model, 0.5, seed)
+        self.model.double()
+
+    def data(self, batch, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        if self.gaussian:
+            return torch.randn(batch, D, generator=g, dtype=torch.float64)
+        return torch.bernoulli(torch.full((batch, D), 0.5, dtype=torch.float64), generator=g)
+
+    # -- independent references -------------------------------------------------------
+
+    def mu_sigma(self, x):
+        mu, raw = self.encoder(x).chunk(2, dim=-1)
+        return mu, soft_clamp_ref(raw, self.bound).exp()
+
+    def latent(self, x, eps):
+        mu, sigma = self.mu_sigma(x)
+        z = mu + sigma * eps
+        return self.post(z, context=x)[0] if self.post is not None else z
+
+    def log_q(self, x, eps, z):
+        if self.post is None:
+            return Independent(Normal(*self.mu_sigma(x)), 1).log_prob(z)
+        # Dense Jacobian of eps -> z per item; log q(z|x) = log N(eps) - log|det dz/deps|.
+        jac = torch.func.jacrev(lambda e: self.latent(x, e).sum(0))(eps).permute(1, 0, 2)
+        return Normal(0.0, 1.0).log_prob(eps).sum(-1) - torch.linalg.slogdet(jac)[1]
+
+    def log_p_z(self, z):
+        if self.prior is not None:
+            return self.prior.log_prob(z)
+        return Normal(0.0, 1.0).log_prob(z).sum(-1)
+
+    def log_p_x_given_z(self, x, z):
+        if self.gaussian:
+            m, raw = self.decoder(z).chunk(2, dim=-1)
+            return Normal(m, soft_clamp_ref(raw, self.bound).exp()).log_prob(x).sum(-1)
+        return Bernoulli(logits=self.decoder(z)).log_prob(x).sum(-1)
+
+
+@pytest.fixture(params=KINDS)
+def case(request):
+    return Case(request.param)
+
+
+def test_one_sample_elbo_is_textbook(case):
+    """log p(x, eps) - log N(eps) = log p(x|z) + log p(z) - log q(z|x), for each eps."""
+    x = case.data(6)
+    eps = torch.randn(6, d, dtype=torch.float64)
+    log_w = case.model.log_prob(x, eps) - Normal(0.0, 1.0).log_prob(eps).sum(-1)
+    z = case.latent(x, eps)
+    ref = case.log_p_x_given_z(x, z) + case.log_p_z(z) - case.log_q(x, eps, z)
+    torch.testing.assert_close(log_w, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(case.model.encode(x, eps), z, rtol=0, atol=1e-12)
+
+
+def test_elbo_and_iwae_1_use_one_draw_like_log_prob(case):
+    """elbo(x, 1) and iwae(x, 1) are log p(x, eps) - log N(eps) at the same draw."""
+    x = case.data(4)
+    torch.manual_seed(3)
+    elbo = case.model.elbo(x)
+    torch.manual_seed(3)
+    iwae = case.model.iwae(x, 1)
+    torch.manual_seed(3)
+    eps = torch.randn(4, 1, d, dtype=torch.float64).squeeze(1)
+    ref = case.model.log_prob(x, eps) - Normal(0.0, 1.0).log_prob(eps).sum(-1)
+    torch.testing.assert_close(elbo, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(iwae, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_expected_joint_plus_entropy_is_elbo(kind):
+    """E_eps[log p(x, eps)] + d/2 (1 + log 2 pi) = E_q[log p(x|z)] - KL(q || p)."""
+    c = Case(kind)
+    x, num = c.data(4), 20000
+    torch.manual_seed(0)
+    eps = torch.randn(4, num, d, dtype=torch.float64)
+    x_rep = x.unsqueeze(1).expand(-1, num, -1).reshape(-1, D)
+    joint = c.model.log_prob(x_rep, eps.reshape(-1, d)).view(4, num)
+    lhs = joint.mean(1) + 0.5 * d * (1 + LOG_2PI)
+    mu, sigma = c.mu_sigma(x)
+    z = mu.unsqueeze(1) + sigma.unsqueeze(1) * eps  # (4, num, d)
+    expected_log_lik = c.log_p_x_given_z(x_rep, z.reshape(-1, d)).view(4, num).mean(1)
+    kl = kl_divergence(Normal(mu, sigma), Normal(0.0, 1.0)).sum(-1)
+    rhs = expected_log_lik - kl
+    # lhs - rhs is the Monte Carlo error of mean_k log p(z_k); allow 5 standard errors.
+    log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    se = log_pz.std(1) / math.sqrt(num)
+    assert ((lhs - rhs).abs() < 5 * se).all(), (lhs - rhs, se)
+    # The library's two ELBO estimators agree in expectation too.
+    torch.manual_seed(1)
+    mc = c.model.elbo(x, num)
+    torch.manual_seed(1)
+    analytic = c.model.elbo(x, num, analytic_kl=True)
+    assert ((mc - analytic).abs() < 5 * se).all(), (mc - analytic, se)
+
+
+def test_encoder_jacobian_is_block_lower_triangular(case):
+    """J of (x, eps) -> (x, z) is [[I, 0], [dz/dx, diag sigma(x)]], log-det sum log sigma."""
+    x, eps = case.data(4), torch.randn(4, d, dtype=torch.float64)
+    coupling = case.model.encoder_coupling
+    inputs = torch.cat([x, eps], dim=1)
+    jac = jacobian(coupling, inputs)  # (4, D + d, D + d)
+    mask = torch.tensor([False] * D + [True] * d)
+    structure = block_structure(jac, mask)
+    assert structure.zero_blocks == (("kept", "transformed"),)
+    assert structure.kept_is_identity and structure.transformed_is_diagonal
+    assert structure.triangular
+    mu, sigma = case.mu_sigma(x)
+    torch.testing.assert_close(jac[:, D:, D:].diagonal(dim1=1, dim2=2), sigma, rtol=0, atol=1e-12)
+    _, logabsdet = coupling(inputs)
+    torch.testing.assert_close(logabsdet, sigma.log().sum(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(logabsdet, torch.linalg.slogdet(jac)[1], rtol=0, atol=1e-10)
+    assert bool(jac[:, D:, :D].abs().sum() > 0)  # z really depends on x
+
+
+# -- the linear-Gaussian VAE ---------------------------------------------------------------
+
+
+class LinearGaussianDecoder(nn.Module):
+    """x = W z + b + s u: outputs the mean, then the (constant) log s."""
+
+    def __init__(self, weight, bias, log_s):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        self.log_s = nn.Parameter(log_s)
+
+    def forward(self, z):
+        mean = z @ self.weight.T + self.bias  # (batch, D)
+        return torch.cat([mean, self.log_s.expand_as(mean)], dim=1)  # (batch, 2D)
+
+
+class LinearEncoder(nn.Module):
+    """mu = A (x - b), log sigma constant."""
+
+    def __init__(self, a, bias, log_sigma):
+        super().__init__()
+        self.a, self.bias = nn.Parameter(a), nn.Parameter(bias)
+        self.log_sigma = nn.Parameter(log_sigma)
+
+    def forward(self, x):
+        mu = (x - self.bias) @ self.a.T  # (batch, d)
+        return torch.cat([mu, self.log_sigma.expand_as(mu)], dim=1)  # (batch, 2d)
+
+
+def linear_gaussian(perturb=0.0):
+    """A linear-Gaussian VAE with W^T W diagonal, so that the posterior is diagonal."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=torch.float64))
+    weight = q * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)  # (D, d)
+    bias = torch.randn(D, generator=g, dtype=torch.float64)
+    s = 0.7
+    # Exact posterior: precision I + W^T W / s^2 (diagonal), mean Sigma W^T (x - b) / s^2.
+    post_var = 1.0 / (1.0 + (weight.square().sum(0)) / s**2)  # (d,)
+    a = post_var.unsqueeze(1) * weight.T / s**2  # (d, D)
+    log_sigma = 0.5 * post_var.log()
+    if perturb:
+        a = a + perturb * torch.randn(a.shape, generator=g, dtype=torch.float64)
+        log_sigma = log_sigma + perturb
+    model = JointVAE(
+        D,
+        d,
+        likelihood="gaussian",
+        encoder=LinearEncoder(a, bias.clone(), log_sigma),
+        decoder=LinearGaussianDecoder(
+            weight, bias, torch.full((D,), math.log(s), dtype=torch.float64)
+        ),
+        log_scale_bound=None,
+    ).double()
+    cov = weight @ weight.T + s**2 * torch.eye(D, dtype=torch.float64)
+    marginal = torch.distributions.MultivariateNormal(bias, covariance_matrix=cov)
+    return model, marginal
+
+
+def test_optimal_encoder_makes_elbo_equal_log_marginal():
+    """With q(z|x) = p(z|x), every importance weight equals p(x) = N(b, W W^T + s^2 I)."""
+    model, marginal = linear_gaussian()
+    x = marginal.sample((8,))
+    log_px = marginal.log_prob(x)
+    torch.testing.assert_close(model.elbo(x), log_px, rtol=0, atol=1e-10)
+    torch.testing.assert_close(model.iwae(x, 7), log_px, rtol=0, atol=1e-10)
+    # The analytic-KL estimator is right only on average: log p(x|z) still varies with z.
+    analytic = model.elbo(x, 4000, analytic_kl=True)
+    torch.testing.assert_close(analytic, log_px, rtol=0, atol=0.05)
+
+
+def test_iwae_below_marginal_and_approaches_it():
+    """With a poor encoder, E[IWAE_K] < log p(x), rising towards it as K grows."""
+    model, marginal = linear_gaussian(perturb=0.4)
+    torch.manual_seed(0)
+    x = marginal.sample((10,))
+    log_px = marginal.log_prob(x).mean().item()
+    gaps = []
+    for k in (1, 10, 100, 1000):
+        repeats = 200 if k < 1000 else 20
+        values = model.iwae(x.repeat(repeats, 1), k, chunk_size=2**16)  # (repeats * 10,)
+        gaps.append(log_px - values.mean().item())
+    assert all(g > 0 for g in gaps), gaps
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 0.1 * gaps[0], gaps
+
+
+def test_iwae_monotone_in_expectation_and_iwae_1_is_elbo():
+    c = Case("bernoulli")
+    x = c.data(10)
+    torch.manual_seed(0)
+    means, ses = [], []
+    repeats = 400
+    for k in (1, 2, 4, 16, 64):
+        values = c.model.iwae(x.repeat(repeats, 1), k, chunk_size=2**16).view(repeats, 10)
+        means.append(values.mean().item())
+        ses.append(values.mean(1).std().item() / math.sqrt(repeats))
+    assert all(b - a > 3 * s for a, b, s in zip(means, means[1:], ses)), (means, ses)
+    elbo = c.model.elbo(x.repeat(repeats, 1)).view(repeats, 10).mean(1)
+    se = math.hypot(ses[0], elbo.std().item() / math.sqrt(repeats))
+    assert abs(elbo.mean().item() - means[0]) < 5 * se
+
+
+def test_iwae_streaming_logsumexp_matches_one_pass():
+    """Chunks folded by logaddexp give logsumexp over all K weights."""
+    c = Case("bernoulli")
+    x = c.data(3)
+    weights = torch.randn(3, 10, dtype=torch.float64) * 30  # (batch, K), wide range
+    position = 0
+
+    def fixed(x_, k):
+        nonlocal position
+        position += k
+        return weights[:, position - k : position]
+
+    c.model.log_weights = fixed
+    out = c.model.iwae(x, 10, chunk_size=9)  # 3 draws per chunk: 3 + 3 + 3 + 1
+    assert position == 10
+    torch.testing.assert_close(out, weights.logsumexp(1) - math.log(10), rtol=0, atol=1e-12)
+
+
+# -- distributions, conveniences ---------------------------------------------------------
+
+
+def test_posterior_and_likelihood_are_torch_distributions(case):
+    x, eps = case.data(4), torch.randn(4, d, dtype=torch.float64)
+    posterior = case.model.posterior(x)
+    z = case.latent(x, eps)
+    torch.testing.assert_close(posterior.log_prob(z), case.log_q(x, eps, z), rtol=0, atol=1e-10)
+    assert posterior.rsample().shape == (4, d)
+    assert posterior.rsample((2,)).shape == (2, 4, d)
+    likelihood = case.model.likelihood(z)
+    assert isinstance(likelihood, Independent)
+    torch.testing.assert_close(
+        likelihood.log_prob(x), case.log_p_x_given_z(x, z), rtol=0, atol=1e-12
+    )
+    assert case.model.decode(z).shape == (4, D)
+    torch.testing.assert_close(case.model.decode(z), likelihood.mean, rtol=0, atol=1e-12)
+
+
+def test_sample_and_dtype(case):
+    samples = case.model.sample(7)
+    assert samples.shape == (7, D) and samples.dtype == torch.float64
+    if not case.gaussian:
+        assert bool(((samples == 0) | (samples == 1)).all())
+
+
+def test_gradients_reach_every_parameter(case):
+    x = case.data(6)
+    case.model.zero_grad()
+    (-case.model.elbo(x, 2).mean()).backward()
+    for name, p in case.model.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+
+
+def test_state_dict_round_trip(case):
+    x, eps = case.data(3), torch.randn(3, d, dtype=torch.float64)
+    clone = Case(case.kind, seed=5).model
+    clone.load_state_dict(case.model.state_dict())
+    torch.testing.assert_close(clone.log_prob(x, eps), case.model.log_prob(x, eps), rtol=0, atol=0)
+
+
+def test_default_nets_and_float32():
+    vae = JointVAE(784, 32)
+    widths = [m.out_features for m in vae.encoder_coupling.elementwise.net if hasattr(m, "weight")]
+    assert widths == [512, 256, 64]
+    widths = [m.out_features for m in vae.conditional.net if hasattr(m, "weight")]
+    assert widths == [256, 512, 784]
+    x = torch.bernoulli(torch.full((2, 784), 0.3))
+    assert vae.elbo(x).dtype == torch.float32
+    assert vae.iwae(x, 3).shape == (2,)
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, x: m.log_prob(x[:, :4], torch.zeros(3, d)), "x must have 5 features"),
+        (lambda m, x: m.log_prob(x, torch.zeros(3, d + 1)), "eps must have 3 features"),
+        (lambda m, x: m.log_prob(x, torch.zeros(2, d)), "eps must have the batch size"),
+        (lambda m, x: m.elbo(x, 0), "num_samples must be >= 1"),
+        (lambda m, x: m.iwae(x, 0), "num_samples must be >= 1"),
+        (lambda m, x: m.iwae(x, 5, chunk_size=0), "chunk_size must be >= 1"),
+        (lambda m, x: m.sample(0), "num_samples must be >= 1"),
+        (lambda m, x: m.elbo(x[0]), r"x must have shape \(batch, features\)"),
+        (lambda m, x: m.likelihood(torch.zeros(3, d + 1)), "z must have 3 features"),
+        (lambda m, x: m.elbo(x * 0.5), "x must be binary"),
+        (lambda m, x: m.iwae(x + 2, 3), "x must be binary"),
+    ],
+    ids=[
+        "x-width",
+        "eps-width",
+        "batch-mismatch",
+        "elbo-num-samples",
+        "iwae-num-samples",
+        "chunk-size",
+        "sample-num-samples",
+        "x-1d",
+        "z-width",
+        "non-binary-elbo",
+        "non-binary-iwae",
+    ],
+)
+def test_bad_input(call, match):
+    model = JointVAE(D, d, hidden_features=H)
+    x = torch.bernoulli(torch.full((3, D), 0.5))
+    x[0, 0] = 1.0
+    with pytest.raises(ValueError, match=match):
+        call(model, x)
+
+
+def test_bad_construction_and_validation_switch():
+    with pytest.raises(ValueError, match="likelihood must be"):
+        JointVAE(D, d, likelihood="poisson")
+    with pytest.raises(TypeError, match="prior must be"):
+        JointVAE(D, d, prior=Normal(0.0, 1.0))
+    with pytest.raises(TypeError, match="encoder must be|net must be"):
+        JointVAE(D, d, encoder="mlp")
+    with pytest.raises(ValueError, match="latent_features must be >= 1"):
+        JointVAE(D, 0)
+    x = torch.full((3, D), 0.5)
+    assert JointVAE(D, d, hidden_features=H, validate=False).elbo(x).shape == (3,)
+    with pytest.raises(ValueError, match="decoder must map"):
+        JointVAE(D, d, decoder=nn.Linear(d, D + 1)).elbo(torch.ones(2, D))
+
+
+@pytest.mark.parametrize("kind", ["flow_posterior", "flow_prior"])
+def test_analytic_kl_needs_gaussian_posterior_and_prior(kind):
+    c = Case(kind)
+    with pytest.raises(ValueError, match="analytic_kl=True needs"):
+        c.model.elbo(c.data(2), analytic_kl=True)
+
+
+@pytest.mark.slow
+def test_compiles_fullgraph():
+    vae = JointVAE(20, 4, hidden_features=16)
+    x = torch.bernoulli(torch.full((8, 20), 0.5))
+    torch.manual_seed(0)
+    eager = vae.elbo(x)
+    compiled = torch.compile(vae.elbo, fullgraph=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(compiled(x), eager)
