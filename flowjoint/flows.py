@@ -22,9 +22,19 @@ class Flow(Distribution):
     ``f`` is the transform in the data -> noise direction; sampling draws from the
     base and applies ``f.inverse``. Gradients flow through both directions.
 
+    Non-finite inputs: a row of ``inputs`` (or ``context``) holding NaN or +-inf gets a
+    non-finite ``log_prob`` (NaN, or -inf where an infinite coordinate reaches the base
+    density), never a finite number, and the other rows are unaffected (in eval mode;
+    ``ActNorm``'s first call and ``BatchNorm`` in training mode use batch statistics).
+    With ``validate=True`` such inputs raise ``ValueError`` instead; the check reads
+    tensor values (one device synchronisation per call), so it is off by default.
+
     Args:
         transform: a flowjoint or nflows transform.
         base: a flowjoint or nflows distribution on the transform's outputs.
+        validate: raise on NaN or infinite ``inputs`` or ``context`` in
+            :meth:`log_prob` and :meth:`transform_to_noise` (also settable later as
+            the attribute ``validate``).
 
     Example:
         >>> import torch
@@ -35,7 +45,7 @@ class Flow(Distribution):
         torch.Size([3, 2])
     """
 
-    def __init__(self, transform: Transform, base: Distribution) -> None:
+    def __init__(self, transform: Transform, base: Distribution, *, validate: bool = False) -> None:
         super().__init__()
         if not isinstance(transform, Transform):
             raise TypeError(
@@ -47,11 +57,23 @@ class Flow(Distribution):
             )
         self.transform = transform
         self.base = base
+        self.validate = bool(validate)
+
+    def _check_finite(self, inputs: Tensor, context: Tensor | None) -> None:
+        for name, value in (("inputs", inputs), ("context", context)):
+            if value is None:
+                continue
+            bad = ~torch.isfinite(value).all(-1)  # (batch,)
+            if bool(bad.any()):
+                rows = bad.nonzero().squeeze(-1)[:10].tolist()
+                raise ValueError(f"{name} must be finite, got NaN or inf in rows {rows}")
 
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Log-density of ``inputs`` ``(batch, features)`` given ``context``; ``(batch,)``."""
         check_inputs(inputs, None)
         check_flow_context(context, inputs.shape[0])
+        if self.validate:
+            self._check_finite(inputs, context)
         noise, logabsdet = self.transform(inputs, context=context)
         return self.base.log_prob(noise, context=context) + logabsdet
 
@@ -62,6 +84,8 @@ class Flow(Distribution):
         """``f(inputs)``: ``(batch, features)`` -> ``(batch, features)``."""
         check_inputs(inputs, None)
         check_flow_context(context, inputs.shape[0])
+        if self.validate:
+            self._check_finite(inputs, context)
         return self.transform(inputs, context=context)[0]
 
     def sample_and_log_prob(
