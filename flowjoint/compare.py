@@ -89,8 +89,8 @@ class ModelConfig:
 _PIXEL_DEFAULTS: dict[str, ModelConfig] = {
     "nice": ModelConfig(epochs=80, num_layers=8, num_hidden_layers=3, weight_decay=1e-4),
     "realnvp": ModelConfig(epochs=40, num_layers=8, weight_decay=1e-4),
-    "vae": ModelConfig(epochs=150, hidden_features=256, latent_features=16),
-    "augmented": ModelConfig(epochs=150, num_layers=2, hidden_features=256, latent_features=16),
+    "vae": ModelConfig(epochs=400, hidden_features=256, latent_features=16),
+    "augmented": ModelConfig(epochs=200, num_layers=2, hidden_features=256, latent_features=16),
 }
 _TOY_DEFAULTS: dict[str, ModelConfig] = {
     "nice": ModelConfig(

@@ -171,3 +171,21 @@ def test_fit_rejects_bad_data():
         fit(_model(), torch.ones(10, dtype=torch.long), None, **KW)
     with pytest.raises(ValueError, match="val"):
         fit(_model(), _data(), torch.ones(4, 3), **KW)
+
+
+def test_fit_under_an_initialised_process_group_matches_single_process(tmp_path):
+    # world_size 1 exercises the DistributedDataParallel path; the losses must equal
+    # the plain run's (DDP averages gradients over ranks, here just one).
+    import torch.distributed as dist
+
+    plain = fit(_model(), _data(), _data(seed=1), **KW)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        wrapped = fit(_model(), _data(), _data(seed=1), checkpoint_dir=tmp_path / "ck", **KW)
+    finally:
+        dist.destroy_process_group()
+    plain_losses = [r["train_loss"] for r in plain.history]
+    wrapped_losses = [r["train_loss"] for r in wrapped.history]
+    assert wrapped_losses == pytest.approx(plain_losses, rel=1e-6)
+    assert (tmp_path / "ck" / "last.pt").exists()
