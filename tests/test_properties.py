@@ -32,7 +32,7 @@ from nflows.transforms import (
 from nflows.transforms import ReversePermutation as NflowsReverse
 
 import flowjoint as fj
-from flowjoint.testing import check_transform, randomize_parameters
+from flowjoint.testing import check_transform
 
 FLOAT64_ATOL = 1e-8
 FLOAT32_RTOL = 2e-3
@@ -40,15 +40,31 @@ FLOAT32_INVERSE_RTOL = 1e-4
 # Bounded cost in the default run (each example computes several dense Jacobians):
 # 25 examples per single-layer test, 40 per composition test. Set
 # FLOWJOINT_PROPERTY_EXAMPLES to run more (the composition test runs that many).
+# Derandomized, so that every CI run checks the same examples; a failure found
+# with more examples stays reproducible.
 EXAMPLES = int(os.environ.get("FLOWJOINT_PROPERTY_EXAMPLES", "40"))
 SINGLE_LAYER = settings(
     max_examples=max(25, EXAMPLES // 2),
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 COMPOSITIONS = settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the examples are small, and a second thread mostly spins."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
 
@@ -65,21 +81,27 @@ def masks(draw, features):
 def randomize(layer, seed):
     """Randomise every parameter (seeded), so that no layer is the identity.
 
-    Noise of std 0.3 everywhere except in nflows' ``LULinear``, whose triangular
-    factors get std ``0.3 / sqrt(features)``: a random triangular matrix with O(1)
-    off-diagonal entries has a condition number exponential in its size, which
-    would test float arithmetic on a matrix no trained flow has, not the layer.
+    Noise of std 0.3 everywhere except inside two nflows layers whose own float64
+    numerics, not flowjoint's, would set the error: ``LULinear``, whose triangular
+    factors get std ``0.3 / sqrt(features)`` (a random triangular matrix with O(1)
+    off-diagonal entries has a condition number exponential in its size), and the
+    rational-quadratic spline coupling, std 0.1 (its inverse solves a quadratic per
+    bin and loses about 1e-10 per layer in float64 with very uneven bins).
     """
-    for i, module in enumerate(layer.modules()):
-        if isinstance(module, LULinear):
-            randomize_parameters(module, 0.3 / module.features**0.5, seed + i)
-    lu_params = {id(p) for m in layer.modules() if isinstance(m, LULinear) for p in m.parameters()}
     generator = torch.Generator().manual_seed(seed)
+    special = {}
+    for module in layer.modules():
+        if isinstance(module, LULinear):
+            std = 0.3 / module.features**0.5
+        elif isinstance(module, PiecewiseRationalQuadraticCouplingTransform):
+            std = 0.1
+        else:
+            continue
+        special.update({id(p): std for p in module.parameters()})
     with torch.no_grad():
         for parameter in layer.parameters():
-            if id(parameter) not in lu_params:
-                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
-                parameter.add_(0.3 * noise.to(parameter))
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            parameter.add_(special.get(id(parameter), 0.3) * noise.to(parameter))
     return layer
 
 
