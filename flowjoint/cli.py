@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="default: digits")
     p.add_argument(
         "--models",
-        default=",".join(MODELS),
-        help=f"comma-separated subset of {','.join(MODELS)} (default: all)",
+        nargs="+",
+        default=list(MODELS),
+        help=f"subset of {' '.join(MODELS)}, space- or comma-separated (default: all)",
     )
     p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
@@ -100,11 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from flowjoint.compare import MODELS, compare
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for item in args.models for m in item.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
         parser.error(
-            f"argument --models: invalid model {', '.join(bad) or '(none)'}; "
+            f"argument --models: invalid model {', '.join(map(repr, bad)) or '(none)'}; "
             f"choose from {', '.join(MODELS)}"
         )
     if len(set(models)) != len(models):

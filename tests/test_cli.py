@@ -63,6 +63,7 @@ def test_toy_quick_run_reports_entropy(tmp_path):
                 "moons",
                 "--models",
                 "realnvp",
+                "nice",
                 "--quick",
                 "--no-progress",
                 "--out",
@@ -72,6 +73,7 @@ def test_toy_quick_run_reports_entropy(tmp_path):
         == 0
     )
     rows = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["realnvp", "nice"]
     assert rows[0]["entropy_nats"] == pytest.approx(2.388)
     assert rows[0]["interval_over"] == "test points"
     assert "entropy" in (out / "results.md").read_text()
