@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowjoint.transforms import ConditionalAffine, Transform, check_context, check_inputs
+from flowjoint.transforms import BlockTransform, ConditionalAffine, check_context, check_inputs
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "check_mask"]
 
@@ -54,11 +54,14 @@ def check_mask(mask: object) -> Tensor:
     return mask
 
 
-class Coupling(Transform):
+class Coupling(BlockTransform):
     """Split by ``mask``, apply a :class:`ConditionalAffine` to one part, merge.
 
     Masks that split into two contiguous blocks (``[F..F T..T]`` or ``[T..T F..F]``)
-    use views and one concatenation; other masks gather with precomputed indices.
+    use views and one concatenation, and a :class:`~flowjoint.Compose` of such layers
+    sharing the split point concatenates only once (see
+    :class:`~flowjoint.transforms.BlockTransform`); other masks gather with
+    precomputed indices.
 
     Args:
         mask: bool tensor ``(features,)``; True marks a transformed feature.
@@ -99,10 +102,20 @@ class Coupling(Transform):
         # Contiguous blocks are split with views; anything else gathers.
         if bool((~mask[: self.num_kept]).all()):
             self._layout = "kept_first"
+            self.block_split = self.num_kept
         elif bool(mask[: self.num_transformed].all()):
             self._layout = "transformed_first"
+            self.block_split = self.num_transformed
         else:
             self._layout = "gather"
+            self.block_split = None
+        # Compose may bypass forward/inverse only if a subclass has not redefined them.
+        cls = type(self)
+        self._fusable = (
+            self.block_split is not None
+            and cls.forward is Coupling.forward
+            and cls.inverse is Coupling.inverse
+        )
         self.register_buffer("_kept", kept, persistent=False)
         self.register_buffer("_transformed", transformed, persistent=False)
         # merge(cat([kept, transformed])) puts every feature back in its place.
@@ -147,6 +160,38 @@ class Coupling(Transform):
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
         check_inputs(inputs, self.features)
         check_context(context, inputs.shape[0], self.context_features)
+
+    def can_fuse(self) -> bool:
+        """Contiguous blocks, forward/inverse not overridden, no forward hooks."""
+        return self._fusable and not (self._forward_hooks or self._forward_pre_hooks)
+
+    def forward_blocks(
+        self, first: Tensor, second: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` on ``cat([first, second], 1)`` split at ``block_split``.
+
+        Returns the two output blocks and logabsdet ``(batch,)``; only ``context`` is
+        checked (the caller splits a checked tensor).
+        """
+        check_context(context, first.shape[0], self.context_features)
+        if self._layout == "kept_first":
+            second, logabsdet = self.elementwise.map(second, self._condition(first, context))
+        else:
+            first, logabsdet = self.elementwise.map(first, self._condition(second, context))
+        return first, second, logabsdet
+
+    def inverse_blocks(
+        self, first: Tensor, second: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`inverse` on ``cat([first, second], 1)`` split at ``block_split``."""
+        check_context(context, first.shape[0], self.context_features)
+        if self._layout == "kept_first":
+            second, logabsdet = self.elementwise.map_inverse(
+                second, self._condition(first, context)
+            )
+        else:
+            first, logabsdet = self.elementwise.map_inverse(first, self._condition(second, context))
+        return first, second, logabsdet
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(batch, features)`` -> outputs ``(batch, features)``, logabsdet ``(batch,)``."""

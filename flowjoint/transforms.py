@@ -21,7 +21,7 @@ the conditional element-wise affine map :class:`ConditionalAffine`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from nflows.transforms import Transform
@@ -31,6 +31,7 @@ from flowjoint.nets import MLP
 
 __all__ = [
     "Transform",
+    "BlockTransform",
     "Compose",
     "ConditionalAffine",
     "soft_clamp",
@@ -232,11 +233,56 @@ class ConditionalAffine(Transform):
 # ---------------------------------------------------------------------------
 
 
+class BlockTransform(Transform):
+    """A transform that can also act on its inputs split into two contiguous blocks.
+
+    ``forward_blocks(first, second, context)`` returns ``(first, second, logabsdet)``
+    and equals ``forward`` on ``cat([first, second], 1)`` split at
+    :attr:`block_split` (likewise ``inverse_blocks``). :class:`Compose` runs a chain
+    of consecutive block transforms with the same ``(features, block_split)`` on the
+    two blocks, splitting once and concatenating once instead of at every layer.
+
+    Attributes:
+        block_split: width of the first block, or ``None`` when the layer does not
+            act on two contiguous blocks (it is then always called whole).
+    """
+
+    block_split: int | None = None
+    features: int
+
+    def can_fuse(self) -> bool:
+        """Whether :class:`Compose` may call the block methods instead of ``forward``."""
+        return False
+
+    def forward_blocks(
+        self, first: Tensor, second: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse_blocks(
+        self, first: Tensor, second: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def _global_module_hooks() -> bool:
+    """True if any global ``nn.Module`` forward hook is registered."""
+    module = torch.nn.modules.module
+    return bool(
+        getattr(module, "_global_forward_hooks", None)
+        or getattr(module, "_global_forward_pre_hooks", None)
+    )
+
+
 class Compose(Transform):
     """Transforms applied in list order; the inverse runs in reverse order.
 
-    ``f = f_n o ... o f_1`` and ``logabsdet = sum_i logabsdet_i``, summed out of place
-    from ``inputs.new_zeros(batch)``. The same ``context`` is passed to every layer.
+    ``f = f_n o ... o f_1`` and ``logabsdet = sum_i logabsdet_i``, summed out of place.
+    The same ``context`` is passed to every layer. Consecutive coupling layers that
+    split their features into the same two contiguous blocks (the ``"halves"``
+    masks of :func:`~flowjoint.realnvp`) pass the two blocks from one layer to the
+    next and are concatenated once, at the end of the chain (see
+    :class:`BlockTransform`); the result is the same as calling each layer in turn.
 
     Args:
         transforms: the layers, flowjoint or nflows transforms.
@@ -269,19 +315,49 @@ class Compose(Transform):
     def __getitem__(self, index: int) -> Transform:
         return self.transforms[index]
 
-    @staticmethod
     def _cascade(
-        inputs: Tensor, funcs: Iterable[Callable], context: Tensor | None
+        self, inputs: Tensor, context: Tensor | None, inverse: bool
     ) -> tuple[Tensor, Tensor]:
-        total = inputs.new_zeros(inputs.shape[0])
+        layers = list(self.transforms)
+        if inverse:
+            layers.reverse()
+        fuse = not _global_module_hooks()
+        total: Tensor | None = None
         outputs = inputs
-        for func in funcs:
-            outputs, logabsdet = func(outputs, context)
-            total = total + logabsdet
+        # While a chain of block transforms runs, the features live in two blocks.
+        key: tuple[int, int] | None = None
+        first = second = inputs
+        for layer in layers:
+            if fuse and isinstance(layer, BlockTransform) and layer.can_fuse():
+                layer_key = (layer.features, layer.block_split)
+                if layer_key != key:
+                    if key is not None:
+                        outputs = torch.cat([first, second], dim=1)  # (batch, features)
+                    check_inputs(outputs, layer.features)
+                    first, second = outputs.split(
+                        [layer.block_split, layer.features - layer.block_split], dim=1
+                    )
+                    key = layer_key
+                method = layer.inverse_blocks if inverse else layer.forward_blocks
+                first, second, logabsdet = method(first, second, context)
+            else:
+                if key is not None:
+                    outputs = torch.cat([first, second], dim=1)  # (batch, features)
+                    key = None
+                if inverse:
+                    outputs, logabsdet = layer.inverse(outputs, context)
+                else:
+                    outputs, logabsdet = layer(outputs, context)
+            total = logabsdet if total is None else total + logabsdet
+        if key is not None:
+            outputs = torch.cat([first, second], dim=1)  # (batch, features)
+        if not (isinstance(total, Tensor) and total.shape == (inputs.shape[0],)):
+            # A layer returned a Python number or a broadcastable scalar.
+            total = inputs.new_zeros(inputs.shape[0]) + total
         return outputs, total
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._cascade(inputs, self.transforms, context)
+        return self._cascade(inputs, context, inverse=False)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._cascade(inputs, (t.inverse for t in reversed(self.transforms)), context)
+        return self._cascade(inputs, context, inverse=True)
