@@ -10,6 +10,27 @@ from flowjoint.transforms import Transform, check_inputs, check_positive_int
 __all__ = ["ActNorm", "BatchNorm"]
 
 
+def _world_size() -> int:
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_world_size()
+    return 1
+
+
+def _global_mean_and_std(inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and unbiased std of the rows of ``inputs`` on every rank together."""
+    distributed = torch.distributed
+    count = inputs.new_tensor(float(inputs.shape[0]))
+    totals = torch.cat([inputs.sum(0), count.reshape(1)])  # (features + 1,)
+    distributed.all_reduce(totals)
+    n = totals[-1]
+    mean = totals[:-1] / n
+    squares = (inputs - mean).square().sum(0)  # (features,)
+    distributed.all_reduce(squares)
+    var = squares / (n - 1) if bool(n > 1) else torch.ones_like(squares)
+    return mean, var.sqrt()
+
+
 class ActNorm(Transform):
     """Per-feature affine map initialised from the first batch it sees.
 
@@ -59,7 +80,20 @@ class ActNorm(Transform):
 
     @torch.no_grad()
     def initialize(self, inputs: Tensor) -> None:
-        """Set scale and shift so that ``inputs`` ``(batch, features)`` are standardised."""
+        """Set scale and shift so that ``inputs`` ``(batch, features)`` are standardised.
+
+        Under an initialised ``torch.distributed`` process group the statistics are
+        those of the batches of all ranks together (two all-reduces, once), so that
+        every rank starts from the same scale and shift, the one a single process
+        would compute on the global batch.
+        """
+        if _world_size() > 1:
+            mean, std = _global_mean_and_std(inputs)
+            self.log_scale.copy_(-torch.log(std + self.init_eps))
+            self.shift.copy_(-mean * self.log_scale.exp())
+            self.initialized.fill_(True)
+            self._initialized = True
+            return
         std = inputs.std(0) if inputs.shape[0] > 1 else torch.ones_like(inputs[0])
         self.log_scale.copy_(-torch.log(std + self.init_eps))
         self.shift.copy_(-inputs.mean(0) * self.log_scale.exp())
