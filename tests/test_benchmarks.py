@@ -1,0 +1,70 @@
+"""The benchmark scripts run end to end in a tiny mode, so that they cannot rot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+import peers  # noqa: E402
+
+TINY = ["--tiny", "--no-wait", "--max-load", "1.0", "--threads", "1"]
+
+
+def test_peers_tiny_run(capsys):
+    report = peers.main(TINY)
+    out = capsys.readouterr().out
+    assert "log_prob == dense change of variables" in out
+    (config,) = report["configs"].values()
+    assert set(config["ops"]) == {"train step", "log_prob", "sample"}
+    for results in config["ops"].values():
+        assert {"raw", "raw (A/A)", *peers.LIBRARIES} <= set(results)
+        assert results["raw"]["ratio"] == 1.0
+        assert all(r["ms"] > 0 for r in results.values())
+
+
+def test_peers_check_catches_a_wrong_log_det(monkeypatch):
+    """The float64 check is not vacuous: a raw model with a sign error fails it."""
+    original = peers.RawRealNVP.log_prob
+    monkeypatch.setattr(peers.RawRealNVP, "log_prob", lambda self, x: original(self, x) + 0.1)
+    with pytest.raises(AssertionError, match="raw"):
+        peers.check_correctness(peers.TINY_CONFIGS[0], [], print)
+
+
+def test_vae_tiny_run():
+    import vae
+
+    report = vae.main(TINY)
+    assert report["train step"]["raw"] == 1.0
+    assert set(report["train step"]) == {"raw", "JointVAE", "JointVAE validate=False", "raw (A/A)"}
+
+
+def test_load_reading_and_rounds():
+    before = common.read_cpu_ticks()
+    sum(i * i for i in range(200_000))
+    load = common.other_load(before, common.read_cpu_ticks())
+    assert 0.0 <= load <= 1.0
+    calls = {"a": 0, "b": 0}
+
+    def bump(name):
+        calls[name] += 1
+
+    comparison = common.compare(
+        {"a": lambda: bump("a"), "b": lambda: bump("b")},
+        reference="a",
+        rounds=4,
+        target_seconds=0.001,
+        max_load=1.0,
+    )
+    assert len(comparison.results["b"].ratios) == 4
+    assert comparison.results["a"].median_ratio == 1.0
+    # A round is re-run when the others' load is above the limit (here: always).
+    comparison = common.compare(
+        {"a": lambda: None}, "a", rounds=2, target_seconds=0.0, max_load=-1.0, max_retries=2
+    )
+    assert comparison.reruns == 4 and comparison.flagged == 2
