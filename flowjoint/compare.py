@@ -97,7 +97,12 @@ _TOY_DEFAULTS: dict[str, ModelConfig] = {
         epochs=60, batch_size=500, lr=2e-3, num_layers=8, hidden_features=128, mask_pattern="halves"
     ),
     "realnvp": ModelConfig(
-        epochs=60, batch_size=500, lr=2e-3, num_layers=8, hidden_features=128, mask_pattern="halves"
+        epochs=120,
+        batch_size=500,
+        lr=2e-3,
+        num_layers=8,
+        hidden_features=128,
+        mask_pattern="halves",
     ),
     "vae": ModelConfig(epochs=60, batch_size=500, lr=2e-3, hidden_features=128, latent_features=2),
     "augmented": ModelConfig(
