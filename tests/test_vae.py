@@ -130,7 +130,9 @@ def test_expected_joint_plus_entropy_is_elbo(kind):
     eps = torch.randn(4, num, d, dtype=torch.float64)
     x_rep = x.unsqueeze(1).expand(-1, num, -1).reshape(-1, D)
     joint = c.model.log_prob(x_rep, eps.reshape(-1, d)).view(4, num)
-    lhs = joint.mean(1) + 0.5 * d * (1 + LOG_2PI)
+    entropy = 0.5 * d * (1 + LOG_2PI)  # H[N(0, I_d)]
+    assert c.model.noise_entropy == pytest.approx(entropy, rel=1e-15)
+    lhs = joint.mean(1) + entropy
     mu, sigma = c.mu_sigma(x)
     z = mu.unsqueeze(1) + sigma.unsqueeze(1) * eps  # (4, num, d)
     expected_log_lik = c.log_p_x_given_z(x_rep, z.reshape(-1, d)).view(4, num).mean(1)
@@ -356,6 +358,9 @@ def test_default_nets_and_float32():
         (lambda m, x: m.likelihood(torch.zeros(3, d + 1)), "z must have 3 features"),
         (lambda m, x: m.elbo(x * 0.5), "x must be binary"),
         (lambda m, x: m.iwae(x + 2, 3), "x must be binary"),
+        (lambda m, x: m.elbo(x.masked_fill(x == 1, math.inf)), "x must be binary"),
+        (lambda m, x: m.elbo(x.masked_fill(x == 1, math.nan)), "x must be binary"),
+        (lambda m, x: m.elbo(x + 1e-7), "x must be binary"),
     ],
     ids=[
         "x-width",
@@ -369,6 +374,9 @@ def test_default_nets_and_float32():
         "z-width",
         "non-binary-elbo",
         "non-binary-iwae",
+        "inf",
+        "nan",
+        "near-binary",
     ],
 )
 def test_bad_input(call, match):
