@@ -37,14 +37,20 @@ def build(model: str) -> torch.nn.Module:
         return fj.realnvp(FEATURES, num_layers=4, hidden_features=16)
     if model == "nice":  # ends with an ActNorm: data-dependent initialisation
         return fj.nice(FEATURES, num_layers=4, hidden_features=16)
-    raise ValueError(f"model must be 'realnvp' or 'nice', got {model!r}")
+    if model == "vae":  # draws its noise eps on every rank
+        return fj.JointVAE(FEATURES, 2, hidden_features=16)
+    raise ValueError(f"model must be 'realnvp', 'nice' or 'vae', got {model!r}")
 
 
 def train(model_name: str) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Fit ``model_name`` on :func:`data` (dequantized, 3 epochs of 4 global batches)."""
     model = build(model_name)
     train_data, val_data = data()
-    result = fit(model, train_data, val_data, **OPTIONS)
+    options = dict(OPTIONS)
+    if model_name == "vae":  # Bernoulli likelihood: binary pixels, no dequantization
+        train_data, val_data = (train_data > 8).float(), (val_data > 8).float()
+        options.pop("levels")
+    result = fit(model, train_data, val_data, **options)
     return model, result.history
 
 
