@@ -357,3 +357,20 @@ def test_default_models_train_without_non_finite_values(model, dataset, steps):
 def test_stability_script_runs_a_few_steps():
     summary = load_stability_script().run("realnvp", "digits", steps=3)
     assert summary["steps"] == 3 and math.isfinite(summary["test_loss_nats"])
+
+
+@pytest.mark.parametrize("value", sorted(BAD_VALUES))
+@pytest.mark.parametrize("where", ["x", "eps"])
+def test_joint_vae_log_prob_of_non_finite_inputs(value, where):
+    """JointVAE.log_prob(x, eps) goes through Flow.log_prob: the same documented values."""
+    torch.manual_seed(0)
+    vae = fj.JointVAE(FEATURES, 3, hidden_features=16, likelihood="gaussian").eval()
+    randomize_parameters(vae, 0.1)
+    x, eps = torch.randn(4, FEATURES), torch.randn(4, 3)
+    with torch.no_grad():
+        reference = vae.log_prob(x, eps)
+        bad_x = dirty(x, BAD_VALUES[value], 2) if where == "x" else x
+        bad_eps = dirty(eps, BAD_VALUES[value], 1) if where == "eps" else eps
+        log_prob = vae.log_prob(bad_x, bad_eps)
+    assert bool(log_prob[1].isnan()) or log_prob[1].item() == -math.inf, log_prob[1]
+    torch.testing.assert_close(log_prob[[0, 2, 3]], reference[[0, 2, 3]])
