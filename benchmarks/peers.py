@@ -449,6 +449,11 @@ def run(args: argparse.Namespace) -> dict:
         f"\nother processes' load over kept rounds: median {report['load']['median']:.0%}, "
         f"max {report['load']['max']:.0%}; {reruns} rounds re-run, {flagged} kept above the limit"
     )
+    if report["load"]["median"] > args.max_load:
+        log(
+            "warning: other processes kept the machine busy; wall-clock figures with more "
+            "than one thread are unreliable then (try --clock cpu --threads 1)"
+        )
     log("\n## ratio to raw (median of per-round ratios)")
     log(summary_table(report))
     return report
