@@ -33,6 +33,7 @@ from flowjoint.augmented import (
     LOG_SCALE_BOUND,
     AugmentedModel,
     LatentTransform,
+    LogVarianceEncoder,
     _check_net,
     _decoder_widths,
     decoder_coupling,
@@ -245,7 +246,9 @@ class JointVAE(AugmentedModel):
         latent_features: ``d``.
         hidden_features: hidden width(s) of the encoder MLP, an int or a sequence
             such as ``(512, 256)`` (the default, 784-512-256-d for MNIST); the decoder
-            mirrors it (d-256-512-784).
+            mirrors it (d-256-512-784). The default encoder predicts ``mu`` and
+            ``log sigma^2`` (:class:`~flowjoint.augmented.LogVarianceEncoder`), as in
+            the usual VAE.
         likelihood: ``"bernoulli"`` (binary data; the decoder gives logits) or
             ``"gaussian"`` (continuous data; the decoder gives a mean and a learned
             per-pixel log-scale, both functions of ``z``).
@@ -304,7 +307,7 @@ class JointVAE(AugmentedModel):
         self.likelihood_name = likelihood
         self.validate = bool(validate)
         if encoder is None:
-            encoder = MLP(D, 2 * d, hidden_features, num_hidden_layers)
+            encoder = LogVarianceEncoder(MLP(D, 2 * d, hidden_features, num_hidden_layers), d)
         out = D if likelihood == "bernoulli" else 2 * D
         if decoder is None:
             decoder = MLP(d, out, _decoder_widths(hidden_features), num_hidden_layers)

@@ -332,13 +332,24 @@ def test_state_dict_round_trip(case):
 
 def test_default_nets_and_float32():
     vae = JointVAE(784, 32)
-    widths = [m.out_features for m in vae.encoder_coupling.elementwise.net if hasattr(m, "weight")]
+    encoder = vae.encoder_coupling.elementwise.net.net
+    widths = [m.out_features for m in encoder if hasattr(m, "weight")]
     assert widths == [512, 256, 64]
     widths = [m.out_features for m in vae.conditional.net if hasattr(m, "weight")]
     assert widths == [256, 512, 784]
     x = torch.bernoulli(torch.full((2, 784), 0.3))
     assert vae.elbo(x).dtype == torch.float32
     assert vae.iwae(x, 3).shape == (2,)
+
+
+def test_default_encoder_predicts_log_variance():
+    vae = JointVAE(D, d, hidden_features=H).double()
+    x = torch.bernoulli(torch.full((4, D), 0.5, dtype=torch.float64))
+    mu, log_var = vae.encoder_coupling.elementwise.net.net(x).chunk(2, dim=-1)
+    posterior = vae.posterior(x)
+    torch.testing.assert_close(posterior.base_dist.loc, mu, rtol=0, atol=1e-12)
+    expected = (10 * torch.tanh(0.5 * log_var / 10)).exp()  # default bound 10 on log sigma
+    torch.testing.assert_close(posterior.base_dist.scale, expected, rtol=0, atol=1e-12)
 
 
 # -- bad input -----------------------------------------------------------------------------
