@@ -223,7 +223,7 @@ def evaluate_model(
         num_draws: dequantization draws (ignored for toys).
         iwae_samples: the ``K`` of the ``iwae_K`` rows (bound models only).
         seed: seeds the dequantization noise and the model's draws.
-        batch_size: test examples per pass (divided by ``K`` for the IWAE).
+        batch_size: test examples per pass (at most ``20000 // K`` for the IWAE).
     """
     model.eval()
     inner, pre = _parts(model)
@@ -239,7 +239,8 @@ def evaluate_model(
 
     def per_example(fn: Callable[[Tensor], Tensor], k: int = 1) -> Tensor:
         # (draws, n) negative log-likelihoods, in nats per example
-        size = max(1, batch_size // k) if k > 1 else batch_size
+        # about 20,000 rows (x, eps) per pass: big enough to keep the matmuls efficient
+        size = max(1, min(batch_size, 20000 // k))
         return torch.stack([-evaluate(fn, x, size) for x in draws])
 
     metrics: dict[str, tuple[Tensor, int]] = {}
