@@ -16,6 +16,14 @@ With ``--raw-reference`` a hand-written raw-torch VAE of the same shape is train
 the same way in the same run, so the figures can be compared side by side. A plot
 of IWAE_K against K and a grid of samples are saved to ``--out``.
 
+Measured on a shared 2-core CPU (seeds 0, 1, 2; mean +- std, nats per image)::
+
+                 ELBO            IWAE_1          IWAE_10         IWAE_100        IWAE_5000
+    JointVAE     -133.09 +- 0.43 -133.20 +- 0.56 -128.86 +- 0.41 -127.44 +- 0.49 -126.39 +- 0.58
+    raw torch    -132.74 +- 0.51 -132.70 +- 0.38 -128.45 +- 0.15 -126.90 +- 0.13 -125.89 +- 0.11
+
+and the joint view ``E[log p(x, eps)] + H`` = -133.09 +- 0.44 for JointVAE.
+
 Usage::
 
     python examples/vae_joint_view.py --raw-reference --seeds 0 1 --out results/vae
