@@ -86,9 +86,9 @@ class Logit(Transform):
     The squeeze by ``alpha`` keeps the logit finite at 0 and 1 (it maps ``[0, 1]`` to
     ``[logit(alpha), logit(1 - alpha)]``). Real NVP used 0.05 on CIFAR-10 and 1e-6 on
     MNIST. The default 0.01 was the best of 0.05, 0.01, 0.001 and 0.0001 for Real NVP
-    on digits (best validation bits/dim within 40-60 epochs: 2.256, 2.164, 2.202, 2.236;
-    most digit pixels sit
-    at the extreme levels, so the squeeze shapes the tails the model must fit).
+    on digits (best validation bits/dim within 40-60 epochs: 2.256, 2.164, 2.202,
+    2.236; most digit pixels sit at the extreme levels, so the squeeze shapes the
+    tails the model must fit).
 
     Args:
         alpha: squeeze, ``0 <= alpha < 0.5`` (0 is the plain logit, infinite at the ends).
