@@ -55,8 +55,8 @@ class RawVAE(nn.Module):
         self.bound = bound
 
     def elbo(self, x: Tensor) -> Tensor:
-        mu, raw = self.encoder(x).chunk(2, dim=1)
-        log_sigma = self.bound * torch.tanh(raw / self.bound)
+        mu, log_var = self.encoder(x).chunk(2, dim=1)
+        log_sigma = self.bound * torch.tanh(0.5 * log_var / self.bound)  # as JointVAE's default
         eps = torch.randn_like(mu)
         z = mu + torch.exp(log_sigma) * eps
         log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(1)
