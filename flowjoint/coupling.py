@@ -24,6 +24,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -173,41 +175,37 @@ class Coupling(BlockTransform):
         Returns the two output blocks and logabsdet ``(batch,)``; only ``context`` is
         checked (the caller splits a checked tensor).
         """
-        check_context(context, first.shape[0], self.context_features)
-        if self._layout == "kept_first":
-            second, logabsdet = self.elementwise.map(second, self._condition(first, context))
-        else:
-            first, logabsdet = self.elementwise.map(first, self._condition(second, context))
-        return first, second, logabsdet
+        return self._map_blocks(self.elementwise.map, first, second, context)
 
     def inverse_blocks(
         self, first: Tensor, second: Tensor, context: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`inverse` on ``cat([first, second], 1)`` split at ``block_split``."""
+        return self._map_blocks(self.elementwise.map_inverse, first, second, context)
+
+    def _map_blocks(
+        self, fn: Callable, first: Tensor, second: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         check_context(context, first.shape[0], self.context_features)
         if self._layout == "kept_first":
-            second, logabsdet = self.elementwise.map_inverse(
-                second, self._condition(first, context)
-            )
+            second, logabsdet = fn(second, self._condition(first, context))
         else:
-            first, logabsdet = self.elementwise.map_inverse(first, self._condition(second, context))
+            first, logabsdet = fn(first, self._condition(second, context))
         return first, second, logabsdet
+
+    def _map(self, fn: Callable, inputs: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self._check(inputs, context)
+        kept, transformed = self.split(inputs)
+        transformed, logabsdet = fn(transformed, self._condition(kept, context))
+        return self.merge(kept, transformed), logabsdet
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(batch, features)`` -> outputs ``(batch, features)``, logabsdet ``(batch,)``."""
-        self._check(inputs, context)
-        kept, transformed = self.split(inputs)
-        transformed, logabsdet = self.elementwise.map(transformed, self._condition(kept, context))
-        return self.merge(kept, transformed), logabsdet
+        return self._map(self.elementwise.map, inputs, context)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Inverse map; logabsdet ``(batch,)`` of the inverse (the negative of forward's)."""
-        self._check(inputs, context)
-        kept, transformed = self.split(inputs)
-        transformed, logabsdet = self.elementwise.map_inverse(
-            transformed, self._condition(kept, context)
-        )
-        return self.merge(kept, transformed), logabsdet
+        return self._map(self.elementwise.map_inverse, inputs, context)
 
 
 class AdditiveCoupling(Coupling):
