@@ -189,3 +189,19 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def comparison_table(comparison: Comparison, op: str, label: str) -> str:
+    """The header line (operation and machine load) and the Markdown table of ratios."""
+    rows = []
+    for name, res in comparison.results.items():
+        lo, hi = res.ratio_spread()
+        rows.append(
+            [name, f"{res.median_time * 1e3:.3f}", f"{res.median_ratio:.3f}", f"{lo:.2f}-{hi:.2f}"]
+        )
+    header = (
+        f"\n{op} (load median {statistics.median(comparison.loads):.0%}, "
+        f"max {max(comparison.loads):.0%}, re-run rounds {comparison.reruns})"
+    )
+    table = format_table(rows, [label, "median ms", "ratio to raw", "ratio IQR"])
+    return f"{header}\n{table}"

@@ -419,22 +419,7 @@ def run(args: argparse.Namespace) -> dict:
             all_loads += comparison.loads
             reruns += comparison.reruns
             flagged += comparison.flagged
-            rows = []
-            for name, res in comparison.results.items():
-                lo, hi = res.ratio_spread()
-                rows.append(
-                    [
-                        name,
-                        f"{res.median_time * 1e3:.3f}",
-                        f"{res.median_ratio:.3f}",
-                        f"{lo:.2f}-{hi:.2f}",
-                    ]
-                )
-            log(
-                f"\n{op} (load median {statistics.median(comparison.loads):.0%}, "
-                f"max {max(comparison.loads):.0%}, re-run rounds {comparison.reruns})"
-            )
-            log(common.format_table(rows, ["library", "median ms", "ratio to raw", "ratio IQR"]))
+            log(common.comparison_table(comparison, op, "library"))
             report["configs"][cfg.label]["ops"][op] = {
                 name: {"ms": res.median_time * 1e3, "ratio": res.median_ratio}
                 for name, res in comparison.results.items()

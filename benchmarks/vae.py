@@ -150,22 +150,7 @@ def run(args: argparse.Namespace) -> dict:
             clock=args.clock,
         )
         loads += comparison.loads
-        rows = []
-        for name, res in comparison.results.items():
-            lo, hi = res.ratio_spread()
-            rows.append(
-                [
-                    name,
-                    f"{res.median_time * 1e3:.3f}",
-                    f"{res.median_ratio:.3f}",
-                    f"{lo:.2f}-{hi:.2f}",
-                ]
-            )
-        log(
-            f"\n{op} (load median {statistics.median(comparison.loads):.0%}, "
-            f"max {max(comparison.loads):.0%}, re-run rounds {comparison.reruns})"
-        )
-        log(common.format_table(rows, ["model", "median ms", "ratio to raw", "ratio IQR"]))
+        log(common.comparison_table(comparison, op, "model"))
         report[op] = {n: r.median_ratio for n, r in comparison.results.items()}
     report["load"] = {"median": statistics.median(loads), "max": max(loads)}
     return report
