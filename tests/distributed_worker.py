@@ -11,6 +11,7 @@ same code.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -65,9 +66,15 @@ def main() -> None:
             model, history = train(name)
             state = {"state": model.state_dict(), "history": history, "world_size": world_size}
             torch.save(state, out / f"{name}_rank{rank}.pt")
+        torch.distributed.barrier()  # no rank tears gloo down while another still talks
     finally:
         torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: gloo's threads have been seen to abort there
+    # ("terminate called without an active exception") after all work was done.
+    os._exit(0)
