@@ -16,3 +16,13 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, restored afterwards: the models in these tests are small,
+    and on a loaded 2-core machine a second thread mostly spins."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,13 +14,7 @@ import torch
 import flowjoint as fj
 from flowjoint.train import fit, load_checkpoint, save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def levels_data(n, features, seed):

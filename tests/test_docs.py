@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -54,20 +53,15 @@ def code_blocks(page):
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE)
-def test_documented_code_runs(page, tmp_path, monkeypatch):
+def test_documented_code_runs(page, tmp_path, monkeypatch, one_thread):
     blocks = code_blocks(page)
     assert blocks, f"{page} has no python code blocks"
     if page == "guide/jacobians.md":
         pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)  # files the examples write land here
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     namespace = {"__name__": "docs_example"}
-    try:
-        for index, block in enumerate(blocks):
-            exec(compile(block, f"{page}:block{index}", "exec"), namespace)
-    finally:
-        torch.set_num_threads(previous)
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"{page}:block{index}", "exec"), namespace)
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close("all")
 

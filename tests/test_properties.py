@@ -57,13 +57,7 @@ COMPOSITIONS = settings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the examples are small, and a second thread mostly spins."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])

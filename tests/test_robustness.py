@@ -29,14 +29,7 @@ LOGABSDET_CANCEL_BOUND = 1e-3  # nats; log-dets are O(100) on 64 features
 ROUND_TRIP_RELATIVE_BOUND = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tests train small models, and on a loaded 2-core
-    machine a second thread mostly spins."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STABILITY_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "stability_runs.py"
