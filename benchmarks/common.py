@@ -205,3 +205,21 @@ def comparison_table(comparison: Comparison, op: str, label: str) -> str:
     )
     table = format_table(rows, [label, "median ms", "ratio to raw", "ratio IQR"])
     return f"{header}\n{table}"
+
+
+def compare_with_args(
+    candidates: dict[str, Callable[[], object]], args: object, log: Callable[[str], None]
+) -> Comparison:
+    """:func:`compare` against ``"raw"`` with a script's command-line settings
+    (``rounds``, ``target_seconds``, ``max_load``, ``clock``), first waiting for a quiet
+    machine if ``args.wait_quiet``."""
+    if args.wait_quiet:
+        wait_for_quiet(args.max_load, timeout=60.0, log=log)
+    return compare(
+        candidates,
+        reference="raw",
+        rounds=args.rounds,
+        target_seconds=args.target_seconds,
+        max_load=args.max_load,
+        clock=args.clock,
+    )

@@ -94,7 +94,8 @@ class RawRealNVP(nn.Module):
             for i in range(NUM_LAYERS)
         )
 
-    def to_noise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def halves_to_noise(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The two output halves, never concatenated, and the summed log-det."""
         a, b = x[:, : self.h], x[:, self.h :]
         logabsdet = None
         for i, net in enumerate(self.nets):
@@ -106,20 +107,14 @@ class RawRealNVP(nn.Module):
                 a = a * torch.exp(log_scale) + shift
             ld = log_scale.sum(1)
             logabsdet = ld if logabsdet is None else logabsdet + ld
+        return a, b, logabsdet
+
+    def to_noise(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a, b, logabsdet = self.halves_to_noise(x)
         return torch.cat([a, b], dim=1), logabsdet
 
     def log_prob(self, x: Tensor) -> Tensor:
-        a, b = x[:, : self.h], x[:, self.h :]
-        logabsdet = None
-        for i, net in enumerate(self.nets):
-            shift, raw = net(a if i % 2 == 0 else b).chunk(2, dim=1)
-            log_scale = self.bound * torch.tanh(raw / self.bound)
-            if i % 2 == 0:
-                b = b * torch.exp(log_scale) + shift
-            else:
-                a = a * torch.exp(log_scale) + shift
-            ld = log_scale.sum(1)
-            logabsdet = ld if logabsdet is None else logabsdet + ld
+        a, b, logabsdet = self.halves_to_noise(x)
         sq = a.square().sum(1) + b.square().sum(1)
         return logabsdet - 0.5 * sq - 0.5 * self.features * LOG_2PI
 
@@ -406,15 +401,8 @@ def run(args: argparse.Namespace) -> dict:
             log(f"torch.compile warm-up (3 graphs): {time.perf_counter() - start:.1f}s")
         report["configs"][cfg.label] = {"parameters": counts["raw"], "ops": {}}
         for op in OPERATIONS:
-            if args.wait_quiet:
-                common.wait_for_quiet(args.max_load, timeout=60.0, log=log)
-            comparison = common.compare(
-                {name: ops[name][op] for name in models},
-                reference="raw",
-                rounds=args.rounds,
-                target_seconds=args.target_seconds,
-                max_load=args.max_load,
-                clock=args.clock,
+            comparison = common.compare_with_args(
+                {name: ops[name][op] for name in models}, args, log
             )
             all_loads += comparison.loads
             reruns += comparison.reruns

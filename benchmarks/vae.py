@@ -139,16 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {}
     loads: list[float] = []
     for op in ("train step", "elbo (no_grad)"):
-        if args.wait_quiet:
-            common.wait_for_quiet(args.max_load, timeout=60.0, log=log)
-        comparison = common.compare(
-            {n: ops[n][op] for n in names},
-            reference="raw",
-            rounds=args.rounds,
-            target_seconds=args.target_seconds,
-            max_load=args.max_load,
-            clock=args.clock,
-        )
+        comparison = common.compare_with_args({n: ops[n][op] for n in names}, args, log)
         loads += comparison.loads
         log(common.comparison_table(comparison, op, "model"))
         report[op] = {n: r.median_ratio for n, r in comparison.results.items()}
