@@ -61,6 +61,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
+# Batch sizes (including 1) and dtypes drawn by every property.
+BATCH_AND_DTYPE = {"batch_size": st.integers(1, 8), "dtype": DTYPES}
 
 
 @st.composite
@@ -173,8 +175,7 @@ def magnitude_and_condition(layer, features, context_features, batch_size, seed)
     data=st.data(),
     features=st.integers(2, 64),
     context_features=st.integers(0, 4),
-    batch_size=st.integers(1, 8),
-    dtype=DTYPES,
+    **BATCH_AND_DTYPE,
     additive=st.booleans(),
 )
 def test_coupling_with_random_mask(data, features, context_features, batch_size, dtype, additive):
@@ -189,8 +190,7 @@ def test_coupling_with_random_mask(data, features, context_features, batch_size,
 @given(
     features=st.integers(1, 64),
     context_features=st.integers(1, 4),
-    batch_size=st.integers(1, 8),
-    dtype=DTYPES,
+    **BATCH_AND_DTYPE,
     additive=st.booleans(),
     bounded=st.booleans(),
 )
@@ -225,8 +225,7 @@ ELEMENTWISE = {
     name=st.sampled_from(sorted(ELEMENTWISE)),
     features=st.integers(1, 64),
     context_features=st.integers(0, 4),
-    batch_size=st.integers(1, 8),
-    dtype=DTYPES,
+    **BATCH_AND_DTYPE,
 )
 def test_parameter_free_and_normalization_layers(
     data, name, features, context_features, batch_size, dtype
@@ -285,8 +284,7 @@ def random_layer(draw, features, context_features):
     data=st.data(),
     features=st.integers(2, 64),
     context_features=st.integers(0, 4),
-    batch_size=st.integers(1, 8),
-    dtype=DTYPES,
+    **BATCH_AND_DTYPE,
     num_layers=st.integers(1, 4),
 )
 def test_random_composition(data, features, context_features, batch_size, dtype, num_layers):
