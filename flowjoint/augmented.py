@@ -1,61 +1,55 @@
-"""Flows on the augmented variable ``(x, eps)``: the ELBO and IWAE as exact log-densities.
+"""Layers on the augmented variable ``(x, eps)``, and the augmented normalizing flow.
 
-A model here is a :class:`~flowjoint.flows.Flow` on the concatenation ``(x, eps)``
-of data ``x`` ``(batch, D)`` and auxiliary noise ``eps ~ N(0, I_d)`` ``(batch, d)``.
-Its exact log-density ``log p(x, eps)`` gives every training and evaluation
-objective, with no separate ELBO formula::
+After :class:`~flowjoint.stochastic.Augment`, the state is an
+:class:`~flowjoint.stochastic.AugmentedState` ``(x, eps)``: data ``x``
+``(rows_x, *data_shape)`` (a vector or an image) and noise ``eps`` ``(rows, d)``. Two
+coupling layers act on it, both built on the conditional element-wise affine map:
+
+* the encoder coupling ``(x, eps) -> (x, z)``, ``z = mu(x) + sigma(x) * eps``, log-det
+  ``sum log sigma(x)`` (:class:`EncoderCoupling`): the VAE's reparametrization, with
+  ``x`` kept. ``mu`` and ``sigma`` are computed once per row of ``x``, whatever the
+  number of draws of ``eps``;
+* the decoder coupling ``(x, z) -> (u, z)``, ``u = (x - m(z)) / s(z)``, log-det
+  ``-sum log s(z)`` (:class:`DecoderCoupling`): a Gaussian decoder, with ``z`` kept.
+
+On a standard normal base (:class:`JointNormal`) one pair is a Gaussian VAE and
+several pairs an augmented normalizing flow (:class:`AugmentedFlow`)::
 
     log w(x, eps) = log p(x, eps) - log N(eps; 0, I)     # one-sample ELBO
     ELBO(x)   = E_eps[log w]  = E_eps[log p(x, eps)] + d/2 (1 + log 2 pi)
     IWAE_K(x) = E[logsumexp_k log w(x, eps_k) - log K]   <= log p(x)
 
-Two transforms build these flows, both coupling layers on ``(x, eps)``:
-
-* the encoder coupling ``(x, eps) -> (x, z)``, ``z = mu(x) + sigma(x) * eps``
-  (:func:`encoder_coupling`): an :class:`~flowjoint.coupling.AffineCoupling` that
-  keeps ``x`` and transforms ``eps``, i.e. the VAE's reparametrization;
-* the decoder coupling ``(x, z) -> (u, z)``, ``u = (x - m(z)) / s(z)``
-  (:func:`decoder_coupling`): the inverse of the affine coupling
-  ``x = m(z) + s(z) * u`` that keeps ``z``, i.e. a Gaussian decoder.
-
-:class:`AugmentedFlow` stacks pairs of them on a standard normal base of dimension
-``D + d``: one pair is a Gaussian VAE, several an augmented normalizing flow.
-
 References:
     Augmented Normalizing Flows: Bridging the Gap Between Generative Flows and
     Latent Variable Models. Huang, Dinh, Courville, 2020. arXiv:2002.07101.
-
-    Importance Weighted Autoencoders. Burda, Grosse, Salakhutdinov, 2015.
-    arXiv:1509.00519.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-from nflows.transforms import InverseTransform
 from torch import Tensor, nn
 
-from flowjoint.coupling import AffineCoupling
-from flowjoint.distributions import LOG_2PI, StandardNormal
+from flowjoint.checks import check_event_shape, check_inputs, check_positive_int
+from flowjoint.distributions import BaseDistribution, standard_normal_log_prob
+from flowjoint.elementwise import ConditionalAffine
 from flowjoint.flows import Flow
-from flowjoint.nets import MLP
-from flowjoint.transforms import (
-    Compose,
-    Transform,
-    check_context,
-    check_inputs,
-    check_positive_int,
-)
+from flowjoint.nets import MLP, ConvDecoder, ConvEncoder
+from flowjoint.stochastic import Augment, AugmentedState, repeat_rows
+from flowjoint.transforms import Compose, Transform, is_stochastic, stochastic_layers
 
 __all__ = [
     "AugmentedFlow",
-    "AugmentedModel",
+    "DecoderCoupling",
+    "EncoderCoupling",
+    "JointNormal",
+    "LOG_SCALE_BOUND",
     "LatentTransform",
     "LogVarianceEncoder",
     "decoder_coupling",
+    "default_decoder_net",
+    "default_encoder_net",
     "encoder_coupling",
 ]
 
@@ -64,22 +58,28 @@ __all__ = [
 LOG_SCALE_BOUND = 10.0
 
 
-def _decoder_widths(hidden_features: int | Sequence[int]) -> int | list[int]:
-    """The decoder mirrors the encoder: ``(512, 256)`` becomes ``(256, 512)``."""
-    if isinstance(hidden_features, Sequence):
-        return list(reversed(hidden_features))
-    return hidden_features
+def check_state(state: object, data_shape: tuple[int, ...], latent_features: int) -> None:
+    """Raise unless ``state`` is an ``AugmentedState`` with these shapes."""
+    if not isinstance(state, AugmentedState):
+        raise TypeError(f"inputs must be an AugmentedState (x, eps), got {type(state).__name__}")
+    check_inputs(state.data, data_shape, "inputs.data")
+    check_inputs(state.latent, latent_features, "inputs.latent")
+    rows_x, rows = state.data.shape[0], state.latent.shape[0]
+    if rows_x != rows and (rows_x == 0 or rows % rows_x):
+        raise ValueError(
+            f"inputs.data must have as many rows as inputs.latent ({rows}) or a divisor of "
+            f"it (K draws per data row), got {rows_x}"
+        )
 
 
 class LogVarianceEncoder(nn.Module):
     """An encoder predicting ``(mu, log sigma^2)``, presented as ``(mu, log sigma)``.
 
-    ``net`` maps ``(batch, D)`` to ``(batch, 2d)``; the second half is read as a
-    log-variance and halved, ``log sigma = log sigma^2 / 2``, the usual VAE
+    ``net`` maps ``(batch, *data_shape)`` to ``(batch, 2d)``; the second half is read
+    as a log-variance and halved, ``log sigma = log sigma^2 / 2``, the usual VAE
     parametrization (Kingma & Welling, 2013). Beyond the factor, it sets how fast
-    Adam moves ``log sigma``: half as fast as a head predicting ``log sigma``
-    directly, which trained better on MNIST-5k (test IWAE_100 -127.4 +- 0.5 against
-    -128.7 +- 0.7 nats, 3 seeds each, 784-512-256-32, 20 epochs).
+    Adam moves ``log sigma``: half as fast as a head predicting ``log sigma`` directly
+    (see docs/results.md for the measured difference).
 
     Args:
         net: the encoder network.
@@ -93,82 +93,182 @@ class LogVarianceEncoder(nn.Module):
         self.register_buffer("factor", factor, persistent=False)  # (2d,)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        """``(batch, D)`` -> ``(batch, 2d)``: ``mu``, then ``log sigma``."""
+        """``(batch, *data_shape)`` -> ``(batch, 2d)``: ``mu``, then ``log sigma``."""
         return self.net(inputs) * self.factor
 
 
-def _check_net(net: object, name: str) -> nn.Module:
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(net).__name__}")
-    return net
-
-
-def encoder_coupling(
-    data_features: int,
+def default_encoder_net(
+    data_shape: tuple[int, ...],
     latent_features: int,
-    net: nn.Module,
-    log_scale_bound: float | None = LOG_SCALE_BOUND,
-) -> AffineCoupling:
+    hidden_features: int | Sequence[int],
+    num_hidden_layers: int,
+) -> nn.Module:
+    """The default encoder ``(batch, *data_shape) -> (batch, 2d)``: an MLP on vectors,
+    a :class:`~flowjoint.nets.ConvEncoder` on images, predicting a log-variance."""
+    d = latent_features
+    if len(data_shape) == 1:
+        net: nn.Module = MLP(data_shape[0], 2 * d, hidden_features, num_hidden_layers)
+    elif len(data_shape) == 3:
+        width = hidden_features if isinstance(hidden_features, int) else hidden_features[0]
+        net = ConvEncoder(data_shape, 2 * d, hidden_features=width)
+    else:
+        raise ValueError(f"data_shape must be (D,) or (C, H, W), got {data_shape}")
+    return LogVarianceEncoder(net, d)
+
+
+def default_decoder_net(
+    data_shape: tuple[int, ...],
+    latent_features: int,
+    params_per_entry: int,
+    hidden_features: int | Sequence[int],
+    num_hidden_layers: int,
+) -> nn.Module:
+    """The default decoder ``(batch, d) -> (batch, params * C, *rest)``, mirroring the encoder."""
+    if len(data_shape) == 1:
+        widths = (
+            list(reversed(hidden_features))
+            if isinstance(hidden_features, Sequence)
+            else hidden_features
+        )
+        return MLP(latent_features, params_per_entry * data_shape[0], widths, num_hidden_layers)
+    if len(data_shape) == 3:
+        width = hidden_features if isinstance(hidden_features, int) else hidden_features[0]
+        return ConvDecoder(
+            latent_features, data_shape, params_per_entry * data_shape[0], hidden_features=width
+        )
+    raise ValueError(f"data_shape must be (D,) or (C, H, W), got {data_shape}")
+
+
+class EncoderCoupling(Transform):
     """The reparametrization ``(x, eps) -> (x, mu(x) + sigma(x) * eps)`` as a coupling.
 
-    Mask ``[False] * D + [True] * d``: ``x`` is kept and conditions the map, ``eps`` is
-    transformed; ``.elementwise`` is a ``ConditionalAffine(d, context_features=D)``.
-    Its Jacobian is ``[[I_D, 0], [dz/dx, diag sigma(x)]]``, log-det ``sum log sigma(x)``.
+    ``x`` is kept and conditions the map, ``eps`` is transformed; ``.elementwise`` is a
+    :class:`~flowjoint.ConditionalAffine` on ``eps`` with context ``x``. Its Jacobian
+    is ``[[I, 0], [dz/dx, diag sigma(x)]]``, log-det ``sum log sigma(x)``.
 
     Args:
-        data_features: ``D``.
-        latent_features: ``d``.
-        net: maps ``(batch, D)`` to ``(batch, 2d)``: ``mu``, then the unconstrained
-            ``log sigma``.
-        log_scale_bound: soft bound on ``log sigma`` (:func:`flowjoint.soft_clamp`).
-
-    Returns:
-        The coupling on ``(batch, D + d)``.
+        elementwise: the ``ConditionalAffine(d, context_features=C)`` whose net maps
+            ``x`` ``(batch, *data_shape)`` to ``(batch, 2d)``: ``mu``, then the
+            unconstrained ``log sigma``.
+        data_shape: the event shape of ``x``.
     """
-    check_positive_int(data_features, "data_features")
-    check_positive_int(latent_features, "latent_features")
-    mask = torch.cat(
-        [
-            torch.zeros(data_features, dtype=torch.bool),
-            torch.ones(latent_features, dtype=torch.bool),
-        ]
-    )
-    return AffineCoupling(mask, net=_check_net(net, "net"), log_scale_bound=log_scale_bound)
+
+    def __init__(self, elementwise: ConditionalAffine, data_shape: Sequence[int]) -> None:
+        super().__init__()
+        if not isinstance(elementwise, ConditionalAffine):
+            raise TypeError(f"elementwise must be a ConditionalAffine, got {elementwise!r}")
+        self.elementwise = elementwise
+        self.data_shape = check_event_shape(data_shape, "data_shape")
+        self.latent_features = elementwise.features
+
+    def extra_repr(self) -> str:
+        return f"data_shape={self.data_shape}, latent_features={self.latent_features}"
+
+    def forward(
+        self, inputs: AugmentedState, context: Tensor | None = None
+    ) -> tuple[AugmentedState, Tensor]:
+        """``(x, eps) -> (x, z)``; logabsdet ``(rows,)``."""
+        check_state(inputs, self.data_shape, self.latent_features)
+        x, eps = inputs
+        z, logabsdet = self.elementwise.run(eps, x)
+        return AugmentedState(x, z), logabsdet
+
+    def inverse(
+        self, inputs: AugmentedState, context: Tensor | None = None
+    ) -> tuple[AugmentedState, Tensor]:
+        """``(x, z) -> (x, eps)``, ``eps = (z - mu(x)) / sigma(x)``; logabsdet of the inverse."""
+        check_state(inputs, self.data_shape, self.latent_features)
+        x, z = inputs
+        eps, logabsdet = self.elementwise.run(z, x, inverse=True)
+        return AugmentedState(x, eps), logabsdet
 
 
-def decoder_coupling(
-    data_features: int,
-    latent_features: int,
-    net: nn.Module,
-    log_scale_bound: float | None = LOG_SCALE_BOUND,
-) -> InverseTransform:
+class DecoderCoupling(Transform):
     """A Gaussian decoder ``(x, z) -> (u, z)``, ``u = (x - m(z)) / s(z)``, as a coupling.
 
-    It is the inverse of the affine coupling ``x = m(z) + s(z) * u`` with mask
-    ``[True] * D + [False] * d`` (``z`` kept), so that its conditioner is the decoder
-    itself. Log-det ``-sum log s(z)``, hence with a standard normal on ``u``:
+    It is the inverse of the conditional affine map ``x = m(z) + s(z) * u`` given ``z``
+    (``z`` kept), so that its conditioner is the decoder itself. Log-det
+    ``-sum log s(z)``, hence with a standard normal on ``u``:
     ``log N(u) - sum log s(z) = log N(x; m(z), s(z)^2)``.
 
     Args:
-        data_features: ``D``.
-        latent_features: ``d``.
-        net: maps ``(batch, d)`` to ``(batch, 2D)``: ``m``, then the unconstrained
-            ``log s``.
-        log_scale_bound: soft bound on ``log s``.
-
-    Returns:
-        The transform on ``(batch, D + d)``; ``._transform`` is the affine coupling.
+        elementwise: the ``ConditionalAffine(data_shape, context_features=d)`` whose net
+            maps ``z`` ``(batch, d)`` to ``(batch, 2C, *rest)``: ``m``, then the
+            unconstrained ``log s``.
     """
-    check_positive_int(data_features, "data_features")
+
+    def __init__(self, elementwise: ConditionalAffine) -> None:
+        super().__init__()
+        if not isinstance(elementwise, ConditionalAffine):
+            raise TypeError(f"elementwise must be a ConditionalAffine, got {elementwise!r}")
+        self.elementwise = elementwise
+        self.data_shape = elementwise.event_shape
+        self.latent_features = elementwise.context_features
+
+    def extra_repr(self) -> str:
+        return f"data_shape={self.data_shape}, latent_features={self.latent_features}"
+
+    def forward(
+        self, inputs: AugmentedState, context: Tensor | None = None
+    ) -> tuple[AugmentedState, Tensor]:
+        """``(x, z) -> (u, z)``; logabsdet ``(rows,)``. ``x`` is repeated for ``z``'s rows."""
+        check_state(inputs, self.data_shape, self.latent_features)
+        x, z = inputs
+        u, logabsdet = self.elementwise.run(repeat_rows(x, z.shape[0]), z, inverse=True)
+        return AugmentedState(u, z), logabsdet
+
+    def inverse(
+        self, inputs: AugmentedState, context: Tensor | None = None
+    ) -> tuple[AugmentedState, Tensor]:
+        """``(u, z) -> (x, z)``, ``x = m(z) + s(z) * u``; logabsdet of the inverse."""
+        check_state(inputs, self.data_shape, self.latent_features)
+        u, z = inputs
+        x, logabsdet = self.elementwise.run(repeat_rows(u, z.shape[0]), z)
+        return AugmentedState(x, z), logabsdet
+
+
+def encoder_coupling(
+    data_features: int | Sequence[int],
+    latent_features: int,
+    net: nn.Module,
+    log_scale_bound: float | None = LOG_SCALE_BOUND,
+) -> EncoderCoupling:
+    """:class:`EncoderCoupling` with conditioner ``net`` ``(batch, *data_shape) -> (batch, 2d)``.
+
+    Args:
+        data_features: ``D`` or the data's event shape.
+        latent_features: ``d``.
+        net: maps ``x`` to ``mu``, then the unconstrained ``log sigma``.
+        log_scale_bound: soft bound on ``log sigma`` (:func:`flowjoint.soft_clamp`).
+    """
+    shape = check_event_shape(data_features, "data_features")
     check_positive_int(latent_features, "latent_features")
-    mask = torch.cat(
-        [
-            torch.ones(data_features, dtype=torch.bool),
-            torch.zeros(latent_features, dtype=torch.bool),
-        ]
+    elementwise = ConditionalAffine(
+        latent_features, shape[0], net=net, log_scale_bound=log_scale_bound
     )
-    coupling = AffineCoupling(mask, net=_check_net(net, "net"), log_scale_bound=log_scale_bound)
-    return InverseTransform(coupling)
+    return EncoderCoupling(elementwise, shape)
+
+
+def decoder_coupling(
+    data_features: int | Sequence[int],
+    latent_features: int,
+    net: nn.Module,
+    log_scale_bound: float | None = LOG_SCALE_BOUND,
+) -> DecoderCoupling:
+    """:class:`DecoderCoupling` with conditioner ``net`` ``(batch, d) -> (batch, 2C, *rest)``.
+
+    Args:
+        data_features: ``D`` or the data's event shape.
+        latent_features: ``d``.
+        net: maps ``z`` to ``m``, then the unconstrained ``log s``.
+        log_scale_bound: soft bound on ``log s``.
+    """
+    shape = check_event_shape(data_features, "data_features")
+    check_positive_int(latent_features, "latent_features")
+    elementwise = ConditionalAffine(
+        shape, latent_features, net=net, log_scale_bound=log_scale_bound
+    )
+    return DecoderCoupling(elementwise)
 
 
 class LatentTransform(Transform):
@@ -180,182 +280,112 @@ class LatentTransform(Transform):
 
     Args:
         transform: a flowjoint or nflows transform on ``(batch, d)`` with context
-            ``(batch, D)``.
-        data_features: ``D``; the inputs are ``(batch, D + d)``.
+            ``(batch, D)`` (``x`` flattened).
     """
 
-    def __init__(self, transform: Transform, data_features: int) -> None:
+    def __init__(self, transform: Transform) -> None:
         super().__init__()
         if not isinstance(transform, Transform):
             raise TypeError(
                 f"transform must be an nflows/flowjoint Transform, got {type(transform).__name__}"
             )
         self.transform = transform
-        self.data_features = check_positive_int(data_features, "data_features")
 
-    def _split(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, None)
-        if inputs.shape[1] <= self.data_features:
-            raise ValueError(
-                f"inputs must have more than {self.data_features} features (x, then z), "
-                f"got shape {tuple(inputs.shape)}"
-            )
-        x, z = inputs.split([self.data_features, inputs.shape[1] - self.data_features], dim=1)
-        return x, z  # (batch, D), (batch, d)
+    def _run(self, inputs: AugmentedState, inverse: bool) -> tuple[AugmentedState, Tensor]:
+        if not isinstance(inputs, AugmentedState):
+            raise TypeError(f"inputs must be an AugmentedState (x, z), got {type(inputs).__name__}")
+        x, z = inputs
+        context = repeat_rows(x, z.shape[0]).flatten(1)  # (rows, D)
+        fn = self.transform.inverse if inverse else self.transform
+        z, logabsdet = fn(z, context=context)
+        return AugmentedState(x, z), logabsdet
 
-    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(batch, D + d)`` -> ``(batch, D + d)``, logabsdet ``(batch,)``."""
-        x, z = self._split(inputs)
-        z, logabsdet = self.transform(z, context=x)
-        return torch.cat([x, z], dim=1), logabsdet  # (batch, D + d)
+    def forward(
+        self, inputs: AugmentedState, context: Tensor | None = None
+    ) -> tuple[AugmentedState, Tensor]:
+        """``(x, z) -> (x, g(z; x))``; logabsdet ``(rows,)``."""
+        return self._run(inputs, inverse=False)
 
-    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Inverse map; logabsdet ``(batch,)`` of the inverse."""
-        x, z = self._split(inputs)
-        z, logabsdet = self.transform.inverse(z, context=x)
-        return torch.cat([x, z], dim=1), logabsdet  # (batch, D + d)
+    def inverse(
+        self, inputs: AugmentedState, context: Tensor | None = None
+    ) -> tuple[AugmentedState, Tensor]:
+        """Inverse map; logabsdet ``(rows,)`` of the inverse."""
+        return self._run(inputs, inverse=True)
 
 
-class AugmentedModel(nn.Module):
-    """A flow ``self.flow`` on ``(x, eps)``, with the ELBO and IWAE built from its log-density.
-
-    ``log w(x, eps) = log p(x, eps) - log N(eps; 0, I)`` is the one-sample ELBO;
-    ``elbo`` averages it over draws of ``eps``, ``iwae`` takes the log-mean-exp.
-    Subclasses set ``self.flow`` (a :class:`~flowjoint.flows.Flow` on
-    ``(batch, D + d)``) and may override :meth:`check_data`.
+class JointNormal(BaseDistribution):
+    """The standard normal on the augmented space: ``N(u; 0, I) N(z; 0, I)`` on ``(u, z)``.
 
     Args:
-        data_features: ``D``.
+        data_shape: the event shape of the data part (``D`` or ``(C, H, W)``).
         latent_features: ``d``.
     """
 
-    flow: Flow
-
-    def __init__(self, data_features: int, latent_features: int) -> None:
+    def __init__(self, data_shape: int | Sequence[int], latent_features: int) -> None:
         super().__init__()
-        self.data_features = check_positive_int(data_features, "data_features")
+        self.data_shape = check_event_shape(data_shape, "data_shape")
         self.latent_features = check_positive_int(latent_features, "latent_features")
-        self.noise = StandardNormal(latent_features)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    @property
-    def noise_entropy(self) -> float:
-        """``H[N(0, I_d)] = d/2 (1 + log 2 pi)``, so ``ELBO = E[log p(x, eps)] + H``."""
-        return 0.5 * self.latent_features * (1.0 + LOG_2PI)
+    def log_prob(self, inputs: AugmentedState, context: Tensor | None = None) -> Tensor:
+        """``log N(u) + log N(z)``, ``(rows,)``."""
+        check_state(inputs, self.data_shape, self.latent_features)
+        return self._log_prob(inputs, context)
 
-    def check_data(self, x: Tensor, name: str = "x") -> None:
-        """Raise unless ``x`` is a floating ``(batch, D)`` tensor the model accepts."""
-        check_inputs(x, self.data_features, name)
+    def _log_prob(self, inputs: AugmentedState, context: Tensor | None) -> Tensor:
+        u, z = inputs
+        rows = z.shape[0]
+        return repeat_rows(standard_normal_log_prob(u), rows) + standard_normal_log_prob(z)
 
-    def log_prob(self, x: Tensor, eps: Tensor) -> Tensor:
-        """Exact ``log p(x, eps)`` of the flow on the augmented space.
+    def sample(
+        self,
+        num_samples: int,
+        context: Tensor | None = None,
+        batch_size: int | None = None,
+        temperature: float = 1.0,
+    ) -> AugmentedState:
+        """``(u, z)`` with ``u`` ``(num_samples, *data_shape)``, ``z`` ``(num_samples, d)``."""
+        if context is not None:
+            raise ValueError("context must be None: JointNormal is unconditional")
+        options = {"dtype": self._anchor.dtype, "device": self._anchor.device}
+        u = torch.randn(num_samples, *self.data_shape, **options) * temperature
+        z = torch.randn(num_samples, self.latent_features, **options) * temperature
+        return AugmentedState(u, z)
 
-        Args:
-            x: ``(batch, D)``.
-            eps: ``(batch, d)``.
-
-        Returns:
-            ``(batch,)``.
-        """
-        self.check_data(x)
-        check_context(eps, x.shape[0], self.latent_features, "eps")
-        return self.flow.log_prob(torch.cat([x, eps], dim=1))  # (batch, D + d) in
-
-    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
-        """``log p(x, eps_k) - log N(eps_k)`` for ``num_samples`` fresh draws; ``(batch, K)``.
-
-        Unchecked (the public methods check ``x``). The ``K`` copies of each ``x``
-        and their noise are written into one ``(batch * K, D + d)`` tensor.
-        """
-        batch = x.shape[0]
-        eps = torch.randn(
-            batch, num_samples, self.latent_features, dtype=x.dtype, device=x.device
-        )  # (batch, K, d)
-        inputs = torch.cat([x.unsqueeze(1).expand(-1, num_samples, -1), eps], dim=2)
-        inputs = inputs.view(batch * num_samples, -1)  # (batch * K, D + d)
-        log_joint = self.flow.log_prob(inputs)  # (batch * K,)
-        log_noise = self.noise.log_prob(eps.view(batch * num_samples, -1))  # (batch * K,)
-        return (log_joint - log_noise).view(batch, num_samples)
-
-    def elbo(self, x: Tensor, num_samples: int = 1) -> Tensor:
-        """Monte Carlo ELBO ``mean_k [log p(x, eps_k) - log N(eps_k)]``, ``eps_k ~ N(0, I)``.
-
-        Unbiased for ``ELBO(x) = E_eps[log p(x, eps)] + d/2 (1 + log 2 pi)``;
-        differentiable (reparametrized), so ``-elbo(x).mean()`` is a training loss.
-
-        Args:
-            x: ``(batch, D)``.
-            num_samples: draws of ``eps`` per item (>= 1).
-
-        Returns:
-            ``(batch,)``.
-        """
-        self.check_data(x)
-        check_positive_int(num_samples, "num_samples")
-        return self.log_weights(x, num_samples).mean(1)
-
-    def iwae(self, x: Tensor, num_samples: int, chunk_size: int = 16384) -> Tensor:
-        """Importance-weighted bound ``logsumexp_k log w(x, eps_k) - log K <= log p(x)``.
-
-        The ``K`` weights are computed in chunks of at most ``chunk_size`` rows
-        ``(x, eps)`` (``max(1, chunk_size // batch)`` draws per chunk) and folded into
-        a running ``logaddexp``, so memory does not grow with ``K``: peak memory is
-        about ``chunk_size`` times the summed layer widths times the element size.
-        Wrap in ``torch.no_grad()`` for evaluation.
-
-        Args:
-            x: ``(batch, D)``.
-            num_samples: ``K >= 1``.
-            chunk_size: rows evaluated at once (>= 1).
-
-        Returns:
-            ``(batch,)``.
-        """
-        self.check_data(x)
-        check_positive_int(num_samples, "num_samples")
-        check_positive_int(chunk_size, "chunk_size")
-        per_chunk = max(1, chunk_size // x.shape[0])
-        total = x.new_full((x.shape[0],), -math.inf)
-        for start in range(0, num_samples, per_chunk):
-            log_w = self.log_weights(x, min(per_chunk, num_samples - start))  # (batch, k)
-            total = torch.logaddexp(total, log_w.logsumexp(1))
-        return total - math.log(num_samples)
-
-    def sample(self, num_samples: int) -> Tensor:
-        """Draw ``x`` ``(num_samples, D)`` from the model's marginal ``p(x)``."""
-        check_positive_int(num_samples, "num_samples")
-        return self.flow.sample(num_samples)[:, : self.data_features]
+    def _sample(self, num_samples: int, context: Tensor | None) -> AugmentedState:
+        return self.sample(num_samples, context)
 
 
-class AugmentedFlow(AugmentedModel):
+class AugmentedFlow(Flow):
     """A stack of encoder/decoder coupling pairs on ``(x, eps)``: an augmented normalizing flow.
 
-    Each step ``k`` is two affine couplings::
+    The stack is ``[Augment(d), encoder_1, decoder_1, ..., encoder_K, decoder_K]`` on
+    :class:`JointNormal`; each step is two affine couplings::
 
         eps <- mu_k(x) + sigma_k(x) * eps         # encoder coupling, x kept
         x   <- (x - m_k(eps)) / s_k(eps)          # decoder coupling, eps kept
 
-    on a standard normal base of dimension ``D + d``. With one step this is exactly
-    a Gaussian VAE (``eps`` becomes ``z``, ``x`` becomes the decoder's noise ``u``):
-    the same ``log p(x, eps)`` as ``JointVAE(..., likelihood="gaussian")`` with the
-    same nets. ``elbo``, ``iwae`` and ``sample`` are as for :class:`JointVAE`.
+    With one step this is exactly a Gaussian VAE (``eps`` becomes ``z``, ``x`` becomes
+    the decoder's noise ``u``): the same ``log p(x, eps)`` as
+    ``JointVAE(..., likelihood="gaussian")`` with the same nets. ``elbo``, ``iwae``
+    and ``sample`` are those of every :class:`~flowjoint.Flow`.
 
     Args:
-        data_features: ``D``.
+        data_features: ``D``, or the data's event shape ``(C, H, W)`` (the default
+            nets are then a conv encoder and decoder).
         latent_features: ``d``.
         num_steps: number of encoder/decoder pairs ``K`` (>= 1).
-        hidden_features: hidden width(s) of the encoder MLPs (an int, or a sequence
-            such as ``(512, 256)``); the decoders mirror them. The default encoders
-            predict a log-variance (:class:`LogVarianceEncoder`).
+        hidden_features: hidden width(s) of the default encoders (an int, or a
+            sequence such as ``(512, 256)``); the decoders mirror them. The default
+            encoders predict a log-variance (:class:`LogVarianceEncoder`).
         num_hidden_layers: depth of the MLPs when ``hidden_features`` is an int.
-        encoder_nets: optional ``K`` modules ``(batch, D) -> (batch, 2d)`` replacing
-            the default MLPs (``mu``, then the unconstrained ``log sigma``).
-        decoder_nets: optional ``K`` modules ``(batch, d) -> (batch, 2D)`` (``m``, then
-            the unconstrained ``log s``).
+        encoder_nets: optional ``K`` modules ``(batch, *data_shape) -> (batch, 2d)``
+            (``mu``, then the unconstrained ``log sigma``).
+        decoder_nets: optional ``K`` modules ``(batch, d) -> (batch, 2C, *rest)``
+            (``m``, then the unconstrained ``log s``).
         log_scale_bound: soft bound on every log-scale; see ``JointVAE``.
-
-    References:
-        Augmented Normalizing Flows: Bridging the Gap Between Generative Flows and
-        Latent Variable Models. Huang, Dinh, Courville, 2020. arXiv:2002.07101.
+        preprocessing: layers applied before the augmentation (dequantization,
+            :class:`~flowjoint.preprocess.Scale`, :class:`~flowjoint.preprocess.Logit`).
 
     Example:
         >>> import torch
@@ -366,7 +396,7 @@ class AugmentedFlow(AugmentedModel):
 
     def __init__(
         self,
-        data_features: int,
+        data_features: int | Sequence[int],
         latent_features: int,
         num_steps: int = 1,
         hidden_features: int | Sequence[int] = (512, 256),
@@ -375,23 +405,78 @@ class AugmentedFlow(AugmentedModel):
         encoder_nets: Sequence[nn.Module] | None = None,
         decoder_nets: Sequence[nn.Module] | None = None,
         log_scale_bound: float | None = LOG_SCALE_BOUND,
+        preprocessing: Sequence[Transform] = (),
     ) -> None:
-        super().__init__(data_features, latent_features)
-        self.num_steps = check_positive_int(num_steps, "num_steps")
-        D, d = self.data_features, self.latent_features
+        shape = check_event_shape(data_features, "data_features")
+        d = check_positive_int(latent_features, "latent_features")
+        check_positive_int(num_steps, "num_steps")
         if encoder_nets is None:
             encoder_nets = [
-                LogVarianceEncoder(MLP(D, 2 * d, hidden_features, num_hidden_layers), d)
+                default_encoder_net(shape, d, hidden_features, num_hidden_layers)
                 for _ in range(num_steps)
             ]
         if decoder_nets is None:
-            widths = _decoder_widths(hidden_features)
-            decoder_nets = [MLP(d, 2 * D, widths, num_hidden_layers) for _ in range(num_steps)]
+            decoder_nets = [
+                default_decoder_net(shape, d, 2, hidden_features, num_hidden_layers)
+                for _ in range(num_steps)
+            ]
         for name, nets in (("encoder_nets", encoder_nets), ("decoder_nets", decoder_nets)):
             if len(nets) != num_steps:
                 raise ValueError(f"{name} must hold num_steps={num_steps} modules, got {len(nets)}")
-        layers: list[Transform] = []
+        layers: list[Transform] = [*preprocessing, Augment(d)]
         for encoder, decoder in zip(encoder_nets, decoder_nets):
-            layers.append(encoder_coupling(D, d, encoder, log_scale_bound))
-            layers.append(decoder_coupling(D, d, decoder, log_scale_bound))
-        self.flow = Flow(Compose(layers), StandardNormal(D + d))
+            layers.append(encoder_coupling(shape, d, encoder, log_scale_bound))
+            layers.append(decoder_coupling(shape, d, decoder, log_scale_bound))
+        super().__init__(Compose(layers), JointNormal(shape, d))
+        self.data_shape, self.latent_features, self.num_steps = shape, d, num_steps
+        self.num_preprocessing = len(preprocessing)
+
+    @property
+    def encoder_couplings(self) -> tuple[EncoderCoupling, ...]:
+        """The ``K`` encoder couplings, in stack order."""
+        start = self.num_preprocessing + 1
+        return tuple(self.transform[start::2])
+
+    @property
+    def decoder_couplings(self) -> tuple[DecoderCoupling, ...]:
+        """The ``K`` decoder couplings, in stack order."""
+        start = self.num_preprocessing + 2
+        return tuple(self.transform[start::2])
+
+    def log_prob(self, inputs: Tensor, eps: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x, eps)`` of the flow after the augmentation; ``(batch,)``.
+
+        Without ``eps`` it raises like every stochastic stack's ``log_prob`` (use
+        :meth:`elbo` or :meth:`iwae`). See :meth:`flowjoint.JointVAE.log_prob`.
+        """
+        return joint_log_prob(self, inputs, eps)
+
+
+def joint_log_prob(flow: Flow, inputs: Tensor, eps: Tensor | None) -> Tensor:
+    """``log p(x, eps)`` of ``flow`` after its ``Augment`` layer (preprocessing counted)."""
+    if eps is None:
+        return Flow.log_prob(flow, inputs)
+    flow._check(inputs, None)
+    index = next(i for i, layer in enumerate(flow.transform) if isinstance(layer, Augment))
+    before = list(flow.transform)[:index]
+    if any(is_stochastic(layer) for layer in before):
+        raise ValueError(
+            "log_prob(x, eps) needs bijective layers before Augment, but "
+            f"{', '.join(stochastic_layers(flow.transform[:index]))} draws its output: "
+            "evaluate elbo or iwae instead"
+        )
+    total = inputs.new_zeros(inputs.shape[0])
+    x = inputs
+    for layer in before:  # preprocessing (Scale, Logit)
+        x, logabsdet = layer(x)
+        total = total + logabsdet
+    check_inputs(eps, flow.transform[index].features, "eps")
+    if eps.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"eps must have the batch size of x ({x.shape[0]}), got shape {tuple(eps.shape)}"
+        )
+    state: AugmentedState = AugmentedState(x, eps)
+    for layer in list(flow.transform)[index + 1 :]:
+        state, logabsdet = layer(state)
+        total = total + logabsdet
+    return flow.base.log_prob(state) + total

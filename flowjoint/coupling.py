@@ -1,18 +1,29 @@
-"""Coupling layers: NICE's additive and Real NVP's affine coupling.
+"""Coupling layers: NICE's additive, Real NVP's affine and the spline coupling.
 
 A coupling layer splits its inputs by a bool ``mask`` (**True marks a transformed
-feature**, False a feature passed through unchanged), applies the conditional
-element-wise map :class:`~flowjoint.transforms.ConditionalAffine` to the
+entry**, False an entry passed through unchanged), applies a conditional
+element-wise map (:class:`~flowjoint.elementwise.ConditionalElementwise`) to the
 transformed part with the unchanged part (and any external context) as its
 context, and merges::
 
     y_A = x_A                                   # mask False: kept
-    y_B = shift(x_A, c) + scale(x_A, c) * x_B   # mask True: transformed
-    logabsdet = sum(log scale(x_A, c))
+    y_B = h(x_B; net(x_A, c))                   # mask True: transformed
+    logabsdet = sum log |h'(x_B; net(x_A, c))|
 
-The Jacobian is triangular once features are ordered kept-then-transformed.
-The VAE's reparametrization ``(x, eps) -> (x, mu(x) + sigma(x) * eps)`` is the
-same layer with ``x_A = x`` and ``x_B = eps``.
+The Jacobian is triangular once entries are ordered kept-then-transformed. The
+VAE's reparametrization ``(x, eps) -> (x, mu(x) + sigma(x) * eps)`` is the same layer
+with ``x_A = x`` and ``x_B = eps``.
+
+Two kinds of mask:
+
+* a 1-D mask ``(n,)`` splits dimension 1: the features of a vector ``(batch, n)``,
+  or the channels of an image ``(batch, n, H, W)``. The conditioner maps the kept
+  part ``(batch, n_kept [+ context_features], *rest)`` to
+  ``(batch, num_params * n_transformed, *rest)``.
+* a mask of the full event shape, e.g. a checkerboard ``(C, H, W)``: the
+  conditioner maps the input with its transformed entries zeroed,
+  ``(batch, C [+ context_features], H, W)``, to ``(batch, num_params * C, H, W)``,
+  used where the mask is True (Real NVP's ``b * x``).
 
 References:
     NICE: Non-linear Independent Components Estimation. Dinh, Krueger, Bengio, 2014.
@@ -20,62 +31,104 @@ References:
 
     Density estimation using Real NVP. Dinh, Sohl-Dickstein, Bengio, 2016.
     arXiv:1605.08803.
+
+    Neural Spline Flows. Durkan, Bekasov, Murray, Papamakarios, 2019.
+    arXiv:1906.04032.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from flowjoint.transforms import BlockTransform, ConditionalAffine, check_context, check_inputs
+from flowjoint.checks import check_context, check_inputs, check_positive_int, sum_event
+from flowjoint.elementwise import (
+    AdditiveMap,
+    AffineMap,
+    ConditionalElementwise,
+    ElementwiseMap,
+    SplineMap,
+)
+from flowjoint.nets import ResidualConvNet
+from flowjoint.transforms import BlockTransform
 
-__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "check_mask"]
+__all__ = [
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "Coupling",
+    "SplineCoupling",
+    "channel_mask",
+    "checkerboard_mask",
+    "check_mask",
+]
 
 
-def check_mask(mask: object) -> Tensor:
+def check_mask(mask: object, name: str = "mask") -> Tensor:
     """Return ``mask`` if it is a valid coupling mask, else raise naming it."""
     if not isinstance(mask, Tensor):
         raise TypeError(
-            f"mask must be a bool torch.Tensor (True = transformed), got {type(mask).__name__}"
+            f"{name} must be a bool torch.Tensor (True = transformed), got {type(mask).__name__}"
         )
     if mask.dtype != torch.bool:
-        raise TypeError(f"mask must have dtype torch.bool (True = transformed), got {mask.dtype}")
-    if mask.dim() != 1:
-        raise ValueError(f"mask must be 1-D (features,), got shape {tuple(mask.shape)}")
+        raise TypeError(f"{name} must have dtype torch.bool (True = transformed), got {mask.dtype}")
+    if mask.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
     if bool(mask.all()):
         raise ValueError(
-            f"mask must keep at least one feature (a False entry), got all True: {mask.tolist()}"
+            f"{name} must keep at least one entry (a False), got all True, shape "
+            f"{tuple(mask.shape)}"
         )
     if not bool(mask.any()):
         raise ValueError(
-            f"mask must transform at least one feature (a True entry), got all False: "
-            f"{mask.tolist()}"
+            f"{name} must transform at least one entry (a True), got all False, shape "
+            f"{tuple(mask.shape)}"
         )
     return mask
 
 
-class Coupling(BlockTransform):
-    """Split by ``mask``, apply a :class:`ConditionalAffine` to one part, merge.
+def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
+    """A ``(C, H, W)`` checkerboard: True where ``(h + w) % 2 == parity`` (every channel)."""
+    channels, height, width = (int(s) for s in shape)
+    h = torch.arange(height).unsqueeze(1)
+    w = torch.arange(width).unsqueeze(0)
+    board = (h + w) % 2 == parity  # (H, W)
+    return board.expand(channels, height, width).clone()
 
-    Masks that split into two contiguous blocks (``[F..F T..T]`` or ``[T..T F..F]``)
-    use views and one concatenation, and a :class:`~flowjoint.Compose` of such layers
-    sharing the split point concatenates only once (see
-    :class:`~flowjoint.transforms.BlockTransform`); other masks gather with
-    precomputed indices.
+
+def channel_mask(channels: int, parity: int = 0) -> Tensor:
+    """A ``(C,)`` channel split: the second half transformed (``parity=0``) or the first."""
+    check_positive_int(channels, "channels", minimum=2)
+    second = torch.arange(channels) >= channels // 2
+    return second if parity == 0 else ~second
+
+
+class Coupling(BlockTransform):
+    """Split by ``mask``, apply a conditional element-wise map to one part, merge.
+
+    1-D masks that split dimension 1 into two contiguous blocks (``[F..F T..T]`` or
+    ``[T..T F..F]``) use views and one concatenation, and a :class:`~flowjoint.Compose`
+    of such layers sharing the split point concatenates only once (see
+    :class:`~flowjoint.transforms.BlockTransform`); other 1-D masks gather with
+    index tensors derived from the mask. Every derived tensor is rebuilt when a
+    ``state_dict`` with another mask is loaded, so the loaded layer computes with
+    the loaded mask.
 
     Args:
-        mask: bool tensor ``(features,)``; True marks a transformed feature.
-        hidden_features: width of the default conditioner MLP.
-        num_hidden_layers: depth of the default conditioner MLP.
-        context_features: width of an external context appended to the kept part.
-        net: optional conditioner mapping ``(batch, n_kept + context_features)`` to
-            ``(batch, n_transformed)`` (additive) or ``(batch, 2 * n_transformed)``
-            (affine: the shift, then the unconstrained log-scale).
-        additive: scale fixed at 1 (NICE).
-        **kwargs: passed on to :class:`ConditionalAffine` (``log_scale_bound``,
-            ``zero_init``).
+        mask: bool tensor, True marks a transformed entry: ``(n,)`` to split
+            dimension 1, or the event shape (e.g. a checkerboard ``(C, H, W)``).
+        hidden_features: width of the default conditioner (MLP units for a 1-D mask
+            on vectors, conv channels for an event-shaped mask).
+        num_hidden_layers: depth of the default MLP, or residual blocks of the
+            default conv net.
+        context_features: size of dimension 1 of an external context, concatenated
+            to the conditioner's input along dimension 1.
+        net: optional conditioner (see the module docstring for its shapes).
+        elementwise: the element-wise map (:class:`~flowjoint.elementwise.AffineMap`,
+            ``AdditiveMap``, ``SplineMap`` or your own).
+        zero_init: start the default conditioner's last layer at zero, so that a
+            fresh layer is the identity.
     """
 
     def __init__(
@@ -86,68 +139,109 @@ class Coupling(BlockTransform):
         context_features: int = 0,
         net: nn.Module | None = None,
         *,
-        additive: bool,
-        **kwargs: object,
+        elementwise: ElementwiseMap,
+        zero_init: bool = True,
     ) -> None:
         super().__init__()
         mask = check_mask(mask).detach().clone()
-        if isinstance(context_features, bool) or not isinstance(context_features, int):
-            raise TypeError(f"context_features must be an int, got {context_features!r}")
-        if context_features < 0:
-            raise ValueError(f"context_features must be >= 0, got {context_features}")
-        self.features = mask.numel()
+        check_positive_int(context_features, "context_features", minimum=0)
         self.context_features = context_features
         self.register_buffer("mask", mask)
+        self.register_buffer("_kept", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("_transformed", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("_unsort", torch.zeros(0, dtype=torch.long), persistent=False)
+        self._configure(mask)
+        if mask.dim() == 1:
+            n_out, n_in = self.num_transformed, self.num_kept + context_features
+        else:
+            n_out, n_in = mask.shape[0], mask.shape[0] + context_features
+        if net is None and mask.dim() not in (1, 3):
+            raise ValueError(
+                f"net is required for a mask of shape {tuple(mask.shape)}: the default "
+                "conditioners are an MLP for a 1-D mask and a conv net for a (C, H, W) mask"
+            )
+        # The default MLP acts on vectors; on images a 1-D (channel) mask needs a conv net.
+        self._vector_net = net is None and mask.dim() == 1
+        if net is None and mask.dim() == 3:
+            net = ResidualConvNet(
+                n_in,
+                elementwise.num_params * n_out,
+                hidden_channels=hidden_features,
+                num_blocks=num_hidden_layers,
+                zero_init=zero_init,
+            )
+        shape = n_out if mask.dim() == 1 else tuple(mask.shape)
+        self.elementwise = ConditionalElementwise(
+            elementwise, shape, n_in, net, hidden_features, num_hidden_layers, zero_init
+        )
+        self.register_load_state_dict_pre_hook(self._load_mask)
+        # Compose may bypass forward/inverse only if a subclass has not redefined them.
+        cls = type(self)
+        self._overridden = (
+            cls.forward is not Coupling.forward or cls.inverse is not Coupling.inverse
+        )
+
+    def _configure(self, mask: Tensor) -> None:
+        """Set everything derived from ``mask``: layout, sizes, index tensors."""
+        self.features = mask.shape[0]
+        self.event_shape = tuple(mask.shape) if mask.dim() > 1 else None
+        device = self.mask.device
+        if mask.dim() > 1:
+            self._layout, self.block_split = "masked", None
+            self.num_transformed = int(mask.sum())
+            self.num_kept = mask.numel() - self.num_transformed
+            return
         kept = (~mask).nonzero().squeeze(-1)  # (n_kept,)
         transformed = mask.nonzero().squeeze(-1)  # (n_transformed,)
         self.num_kept, self.num_transformed = kept.numel(), transformed.numel()
-        # Contiguous blocks are split with views; anything else gathers.
         if bool((~mask[: self.num_kept]).all()):
-            self._layout = "kept_first"
-            self.block_split = self.num_kept
+            self._layout, self.block_split = "kept_first", self.num_kept
         elif bool(mask[: self.num_transformed].all()):
-            self._layout = "transformed_first"
-            self.block_split = self.num_transformed
+            self._layout, self.block_split = "transformed_first", self.num_transformed
         else:
-            self._layout = "gather"
-            self.block_split = None
-        # Compose may bypass forward/inverse only if a subclass has not redefined them.
-        cls = type(self)
-        self._fusable = (
-            self.block_split is not None
-            and cls.forward is Coupling.forward
-            and cls.inverse is Coupling.inverse
+            self._layout, self.block_split = "gather", None
+        self._kept = kept.to(device)
+        self._transformed = transformed.to(device)
+        # merge(cat([kept, transformed])) puts every entry back in its place.
+        self._unsort = torch.cat([kept, transformed]).argsort().to(device)
+
+    def _load_mask(self, module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+        incoming = state_dict.get(prefix + "mask")
+        if incoming is None or torch.equal(incoming.to(self.mask.device), self.mask):
+            return
+        check_mask(incoming, f"the loaded {prefix}mask")
+        same_counts = (
+            incoming.shape == self.mask.shape and int(incoming.sum()) == self.num_transformed
         )
-        self.register_buffer("_kept", kept, persistent=False)
-        self.register_buffer("_transformed", transformed, persistent=False)
-        # merge(cat([kept, transformed])) puts every feature back in its place.
-        self.register_buffer("_unsort", torch.cat([kept, transformed]).argsort(), persistent=False)
-        self.elementwise = ConditionalAffine(
-            self.num_transformed,
-            self.num_kept + context_features,
-            hidden_features=hidden_features,
-            num_hidden_layers=num_hidden_layers,
-            net=net,
-            additive=additive,
-            **kwargs,
-        )
+        if not same_counts:
+            raise ValueError(
+                f"cannot load {prefix}mask of shape {tuple(incoming.shape)} with "
+                f"{int(incoming.sum())} transformed entries into a coupling whose mask has "
+                f"shape {tuple(self.mask.shape)} and {self.num_transformed}"
+            )
+        self._configure(incoming.to(self.mask.device))
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, context_features={self.context_features}"
+        return (
+            f"mask_shape={tuple(self.mask.shape)}, transformed={self.num_transformed}, "
+            f"context_features={self.context_features}"
+        )
+
+    # -- splitting ------------------------------------------------------------------
 
     def split(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """``(batch, features)`` -> kept ``(batch, n_kept)``, transformed ``(batch, n_tr)``."""
+        """``(batch, n, *rest)`` -> kept ``(batch, n_kept, *rest)``, transformed part."""
         if self._layout == "kept_first":
             kept, transformed = inputs.split([self.num_kept, self.num_transformed], dim=1)
         elif self._layout == "transformed_first":
             transformed, kept = inputs.split([self.num_transformed, self.num_kept], dim=1)
         else:
-            kept = inputs.index_select(1, self._kept)  # (batch, n_kept)
-            transformed = inputs.index_select(1, self._transformed)  # (batch, n_tr)
+            kept = inputs.index_select(1, self._kept)  # (batch, n_kept, *rest)
+            transformed = inputs.index_select(1, self._transformed)  # (batch, n_tr, *rest)
         return kept, transformed
 
     def merge(self, kept: Tensor, transformed: Tensor) -> Tensor:
-        """Inverse of :meth:`split`: ``(batch, n_kept), (batch, n_tr)`` -> ``(batch, features)``."""
+        """Inverse of :meth:`split`."""
         if self._layout == "kept_first":
             return torch.cat([kept, transformed], dim=1)
         if self._layout == "transformed_first":
@@ -157,15 +251,29 @@ class Coupling(BlockTransform):
     def _condition(self, kept: Tensor, context: Tensor | None) -> Tensor:
         if self.context_features == 0:
             return kept
-        return torch.cat([kept, context], dim=1)  # (batch, n_kept + n_ctx)
+        return torch.cat([kept, context], dim=1)  # (batch, n_kept + n_ctx, *rest)
 
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
-        check_inputs(inputs, self.features)
+        if self.event_shape is not None:
+            check_inputs(inputs, self.event_shape)
+        else:
+            check_inputs(inputs, None, channels=self.features)
+            self._check_net_fits(inputs)
         check_context(context, inputs.shape[0], self.context_features)
 
+    def _check_net_fits(self, inputs: Tensor) -> None:
+        if self._vector_net and inputs.dim() > 2:
+            raise ValueError(
+                f"inputs of shape {tuple(inputs.shape)} are not vectors, but this coupling's "
+                "conditioner is the default MLP: pass a conv net (e.g. "
+                "flowjoint.nets.ResidualConvNet) as net for a channel mask on images"
+            )
+
+    # -- the map ----------------------------------------------------------------------
+
     def can_fuse(self) -> bool:
-        """Contiguous blocks, forward/inverse not overridden, no forward hooks."""
-        return self._fusable and not (self._forward_hooks or self._forward_pre_hooks)
+        """Contiguous blocks and forward/inverse not overridden."""
+        return self.block_split is not None and not self._overridden
 
     def forward_blocks(
         self, first: Tensor, second: Tensor, context: Tensor | None
@@ -175,43 +283,61 @@ class Coupling(BlockTransform):
         Returns the two output blocks and logabsdet ``(batch,)``; only ``context`` is
         checked (the caller splits a checked tensor).
         """
-        return self._map_blocks(self.elementwise.map, first, second, context)
+        return self._map_blocks(first, second, context, inverse=False)
 
     def inverse_blocks(
         self, first: Tensor, second: Tensor, context: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`inverse` on ``cat([first, second], 1)`` split at ``block_split``."""
-        return self._map_blocks(self.elementwise.map_inverse, first, second, context)
+        return self._map_blocks(first, second, context, inverse=True)
 
     def _map_blocks(
-        self, fn: Callable, first: Tensor, second: Tensor, context: Tensor | None
+        self, first: Tensor, second: Tensor, context: Tensor | None, inverse: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         check_context(context, first.shape[0], self.context_features)
+        self._check_net_fits(first)
+        run = self.elementwise.run
         if self._layout == "kept_first":
-            second, logabsdet = fn(second, self._condition(first, context))
+            second, logabsdet = run(second, self._condition(first, context), inverse)
         else:
-            first, logabsdet = fn(first, self._condition(second, context))
+            first, logabsdet = run(first, self._condition(second, context), inverse)
         return first, second, logabsdet
 
-    def _map(self, fn: Callable, inputs: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _map_masked(
+        self, inputs: Tensor, context: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
+        kept = inputs.masked_fill(self.mask, 0.0)  # (batch, C, H, W), transformed zeroed
+        params = self.elementwise.params(self._condition(kept, context), inputs.shape[2:])
+        fn = self.elementwise.function.inverse if inverse else self.elementwise.function
+        outputs, logabsdet = fn(inputs, params)
+        outputs = torch.where(self.mask, outputs, inputs)
+        if logabsdet is None:
+            return outputs, inputs.new_zeros(inputs.shape[0])
+        return outputs, sum_event(logabsdet.masked_fill(~self.mask, 0.0))
+
+    def _map(self, inputs: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
+        if self._layout == "masked":
+            return self._map_masked(inputs, context, inverse)
         kept, transformed = self.split(inputs)
-        transformed, logabsdet = fn(transformed, self._condition(kept, context))
+        transformed, logabsdet = self.elementwise.run(
+            transformed, self._condition(kept, context), inverse
+        )
         return self.merge(kept, transformed), logabsdet
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(batch, features)`` -> outputs ``(batch, features)``, logabsdet ``(batch,)``."""
-        return self._map(self.elementwise.map, inputs, context)
+        """``(batch, *event)`` -> outputs of the same shape, logabsdet ``(batch,)``."""
+        return self._map(inputs, context, inverse=False)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Inverse map; logabsdet ``(batch,)`` of the inverse (the negative of forward's)."""
-        return self._map(self.elementwise.map_inverse, inputs, context)
+        return self._map(inputs, context, inverse=True)
 
 
 class AdditiveCoupling(Coupling):
     """NICE's additive coupling: ``y_B = x_B + shift(x_A, c)``, logabsdet 0.
 
-    ``mask`` True marks a transformed feature (``B``); False ones (``A``) pass through.
+    ``mask`` True marks a transformed entry (``B``); False ones (``A``) pass through.
     See :class:`Coupling` for the arguments.
 
     Example:
@@ -229,7 +355,8 @@ class AdditiveCoupling(Coupling):
         num_hidden_layers: int = 2,
         context_features: int = 0,
         net: nn.Module | None = None,
-        **kwargs: object,
+        *,
+        zero_init: bool = True,
     ) -> None:
         super().__init__(
             mask,
@@ -237,8 +364,8 @@ class AdditiveCoupling(Coupling):
             num_hidden_layers,
             context_features,
             net,
-            additive=True,
-            **kwargs,
+            elementwise=AdditiveMap(),
+            zero_init=zero_init,
         )
 
 
@@ -246,8 +373,8 @@ class AffineCoupling(Coupling):
     """Real NVP's affine coupling: ``y_B = x_B * exp(s(x_A, c)) + t(x_A, c)``.
 
     ``logabsdet = sum(s)``, with ``s = soft_clamp(raw, log_scale_bound)``: by default
-    one layer may scale by up to ``exp(±3)``. ``mask`` True marks a transformed
-    feature. See :class:`Coupling` for the arguments.
+    one layer may scale by up to ``exp(±3)``; ``None`` is unbounded. ``mask`` True
+    marks a transformed entry. See :class:`Coupling` for the other arguments.
 
     Example:
         >>> import torch
@@ -264,7 +391,9 @@ class AffineCoupling(Coupling):
         num_hidden_layers: int = 2,
         context_features: int = 0,
         net: nn.Module | None = None,
-        **kwargs: object,
+        *,
+        log_scale_bound: float | None = 3.0,
+        zero_init: bool = True,
     ) -> None:
         super().__init__(
             mask,
@@ -272,6 +401,45 @@ class AffineCoupling(Coupling):
             num_hidden_layers,
             context_features,
             net,
-            additive=False,
-            **kwargs,
+            elementwise=AffineMap(log_scale_bound),
+            zero_init=zero_init,
+        )
+
+
+class SplineCoupling(Coupling):
+    """Rational-quadratic spline coupling: ``y_B = spline(x_B; theta(x_A, c))``.
+
+    Monotonic splines with ``num_bins`` bins on ``[-tail_bound, tail_bound]`` and the
+    identity outside (:class:`~flowjoint.elementwise.SplineMap`); the conditioner
+    gives ``3 * num_bins - 1`` parameters per transformed entry. More flexible than
+    the affine map for multi-modal conditionals (thin rings, sharp edges).
+    See :class:`Coupling` for the other arguments.
+
+    Example:
+        >>> import torch
+        >>> layer = SplineCoupling(torch.tensor([False, True]), num_bins=4)
+        >>> layer(torch.randn(8, 2))[0].shape
+        torch.Size([8, 2])
+    """
+
+    def __init__(
+        self,
+        mask: Tensor,
+        hidden_features: int = 64,
+        num_hidden_layers: int = 2,
+        context_features: int = 0,
+        net: nn.Module | None = None,
+        *,
+        num_bins: int = 8,
+        tail_bound: float = 3.0,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__(
+            mask,
+            hidden_features,
+            num_hidden_layers,
+            context_features,
+            net,
+            elementwise=SplineMap(num_bins, tail_bound),
+            zero_init=zero_init,
         )

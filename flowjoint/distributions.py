@@ -3,27 +3,59 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from nflows.distributions import Distribution
 from torch import Tensor
 
-from flowjoint.transforms import check_context, check_inputs, check_positive_int
+from flowjoint.checks import check_event_shape, check_inputs, check_positive_int, sum_event
 
-__all__ = ["Distribution", "StandardNormal", "LOG_2PI"]
+__all__ = [
+    "BaseDistribution",
+    "Distribution",
+    "LOG_2PI",
+    "StandardNormal",
+    "standard_normal_log_prob",
+]
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-class StandardNormal(Distribution):
-    """The standard normal ``N(0, I_features)``, the usual base of a flow.
+def standard_normal_log_prob(inputs: Tensor) -> Tensor:
+    """``log N(inputs; 0, I)`` summed over the event: ``(batch, *event)`` -> ``(batch,)``."""
+    size = inputs[0].numel() if inputs.shape[0] else math.prod(inputs.shape[1:])
+    return sum_event(inputs.square()).mul(-0.5) - 0.5 * size * LOG_2PI
 
-    ``log_prob(x) = -0.5 * |x|^2 - features / 2 * log(2 pi)``. The context, if any,
-    is ignored but for its batch size. Samples take the dtype and device of the
-    module (``.to(...)`` it), or of the context when one is given.
+
+class BaseDistribution(Distribution):
+    """A flowjoint base density: ``sample`` also takes a ``temperature``.
+
+    ``sample(num_samples, context=None, batch_size=None, temperature=1.0)``; the
+    temperature scales the standard deviation of the Gaussian noise the density is
+    built on (Glow's convention), so ``temperature=0`` gives its mode's noise.
+    """
+
+    def sample(
+        self,
+        num_samples: int,
+        context: Tensor | None = None,
+        batch_size: int | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class StandardNormal(BaseDistribution):
+    """The standard normal ``N(0, I)`` on events of ``shape``, the usual base of a flow.
+
+    ``log_prob(x) = -0.5 * |x|^2 - size / 2 * log(2 pi)``, summed over the event. The
+    context, if any, is ignored but for its batch size. Samples take the dtype and
+    device of the module (``.to(...)`` it), or of the context when one is given.
 
     Args:
-        features: dimension of the space.
+        shape: the event shape, as in nflows (``[D]``, ``(C, H, W)``); an int ``D``
+            means ``(D,)``.
 
     Example:
         >>> import torch
@@ -31,52 +63,56 @@ class StandardNormal(Distribution):
         tensor([-1.8379])
     """
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, shape: int | Sequence[int]) -> None:
         super().__init__()
-        self.features = check_positive_int(features, "features")
+        self.event_shape = check_event_shape(shape, "shape")
+        self.features = math.prod(self.event_shape)
         # Carries the module's dtype and device for sampling without a context.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"features={self.features}"
+        return f"shape={self.event_shape}"
 
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        """Log-density of ``inputs`` ``(batch, features)``; returns ``(batch,)``."""
-        check_inputs(inputs, self.features)
-        return inputs.square().sum(-1).mul(-0.5) - 0.5 * self.features * LOG_2PI
+        """Log-density of ``inputs`` ``(batch, *shape)``; returns ``(batch,)``."""
+        check_inputs(inputs, self.event_shape)
+        return self._log_prob(inputs, context)
 
     def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
-        return self.log_prob(inputs, context)
+        return standard_normal_log_prob(inputs)
 
-    def sample(self, num_samples: int, context: Tensor | None = None) -> Tensor:
-        """``(num_samples, features)``, or ``(context_batch, num_samples, features)``."""
-        check_positive_int(num_samples, "num_samples")
+    def sample(
+        self,
+        num_samples: int,
+        context: Tensor | None = None,
+        batch_size: int | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """``(num_samples, *shape)``, or ``(context_batch, num_samples, *shape)``.
+
+        ``temperature`` scales the standard deviation (Glow's convention); 0 gives zeros.
+        ``batch_size`` is accepted for nflows' signature; the draw is one tensor.
+        """
+        check_positive_int(num_samples, "num_samples", minimum=0)
         if context is None:
-            return torch.randn(
-                num_samples, self.features, dtype=self._anchor.dtype, device=self._anchor.device
+            noise = torch.randn(
+                num_samples, *self.event_shape, dtype=self._anchor.dtype, device=self._anchor.device
             )
-        check_inputs(context, None, "context")
-        return torch.randn(
-            context.shape[0],
-            num_samples,
-            self.features,
-            dtype=context.dtype,
-            device=context.device,
-        )
+        else:
+            check_inputs(context, None, "context")
+            noise = torch.randn(
+                context.shape[0],
+                num_samples,
+                *self.event_shape,
+                dtype=context.dtype,
+                device=context.device,
+            )
+        return noise if temperature == 1.0 else noise * temperature
 
     def _sample(self, num_samples: int, context: Tensor | None) -> Tensor:
         return self.sample(num_samples, context)
 
     def _mean(self, context: Tensor | None) -> Tensor:
         if context is None:
-            return self._anchor.new_zeros(self.features)
-        return context.new_zeros(context.shape[0], self.features)
-
-
-def check_flow_context(context: object, batch_size: int | None = None) -> None:
-    """A given context must be a floating ``(batch, n)`` tensor, ``batch_size`` rows if set."""
-    if context is None:
-        return
-    check_inputs(context, None, "context")
-    if batch_size is not None:
-        check_context(context, batch_size, context.shape[1])
+            return self._anchor.new_zeros(self.event_shape)
+        return context.new_zeros(context.shape[0], *self.event_shape)

@@ -1,43 +1,69 @@
-"""Flows: a transform plus a base density, and the NICE and Real NVP builders."""
+"""Flows: a stack of layers on a base density, and every objective from one sum.
+
+Along the stack, ``log_weight = sum_i contribution_i + log p_base(noise)``, where a
+bijection contributes its log-det and a stochastic layer its one-sample likelihood
+contribution (:mod:`flowjoint.transforms`). For a bijective stack ``log_weight`` is
+the exact ``log p(x)``; otherwise it is a one-sample lower bound, and::
+
+    elbo(x) = mean_k log_weight_k          # E_q[log_weight] <= log p(x)
+    iwae(x) = logsumexp_k log_weight_k - log K
+
+with ``K`` independent passes. Training and evaluation call these for every model.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import math
 
 import torch
 from nflows.distributions import Distribution
 from torch import Tensor
 
-from flowjoint.coupling import AdditiveCoupling, AffineCoupling
-from flowjoint.distributions import StandardNormal, check_flow_context
-from flowjoint.normalization import ActNorm
-from flowjoint.transforms import Compose, Transform, check_inputs, check_positive_int
+from flowjoint.checks import (
+    check_finite_values,
+    check_inputs,
+    check_number,
+    check_positive_int,
+)
+from flowjoint.distributions import BaseDistribution
+from flowjoint.transforms import Transform, is_stochastic, stochastic_layers
 
-__all__ = ["Flow", "alternating_masks", "nice", "realnvp"]
+__all__ = ["Flow"]
+
+
+def _expand_rows(value: Tensor | None, rows: int) -> Tensor | None:
+    if value is None or value.shape[0] == rows or value.shape[0] == 0:
+        return value
+    return value.repeat_interleave(rows // value.shape[0], dim=0)
 
 
 class Flow(Distribution):
-    """A normalizing flow: ``log p(x | c) = log p_base(f(x, c) | c) + logabsdet``.
+    """A stack of layers on a base density: ``log p(x | c) = log p_base(f(x, c) | c) + logabsdet``.
 
     ``f`` is the transform in the data -> noise direction; sampling draws from the
-    base and applies ``f.inverse``. Gradients flow through both directions.
+    base and applies ``f.inverse``. Gradients flow through both directions. When
+    ``f`` holds a stochastic layer (augmentation, dequantization), ``log_prob`` has
+    no closed form and raises; :meth:`elbo` and :meth:`iwae` work for every stack and
+    equal ``log_prob`` on a bijective one.
 
     Non-finite inputs: a row of ``inputs`` (or ``context``) holding NaN or +-inf gets a
-    non-finite ``log_prob`` (NaN, or -inf where an infinite coordinate reaches the base
+    non-finite ``log_prob`` (NaN, or -inf where an infinite value reaches the base
     density), never a finite number, and the other rows are unaffected (in eval mode;
     ``ActNorm``'s first call and ``BatchNorm`` in training mode use batch statistics).
-    With ``validate=True`` such inputs raise ``ValueError`` instead; the check reads
-    tensor values (one device synchronisation per call), so it is off by default.
 
     Args:
-        transform: a flowjoint or nflows transform.
+        transform: a flowjoint or nflows transform (a :class:`~flowjoint.Compose` of
+            layers, stochastic ones included).
         base: a flowjoint or nflows distribution on the transform's outputs.
-        validate: raise on NaN or infinite ``inputs`` or ``context`` in
-            :meth:`log_prob` and :meth:`transform_to_noise` (also settable later as
-            the attribute ``validate``).
+        validate: check that ``inputs`` and ``context`` are finite at every public
+            entry (reads tensor values: one device synchronisation per call) and raise
+            ``ValueError`` naming the rows otherwise. Layers with a restricted domain
+            (dequantization, ``Logit``, a Bernoulli decoder) check theirs with their
+            own ``validate``.
 
     Example:
         >>> import torch
+        >>> from flowjoint import realnvp
         >>> flow = realnvp(2, num_layers=4)
         >>> flow.log_prob(torch.randn(5, 2)).shape
         torch.Size([5])
@@ -59,151 +85,216 @@ class Flow(Distribution):
         self.base = base
         self.validate = bool(validate)
 
-    def _check_finite(self, inputs: Tensor, context: Tensor | None) -> None:
-        for name, value in (("inputs", inputs), ("context", context)):
-            if value is None:
-                continue
-            bad = ~torch.isfinite(value).all(-1)  # (batch,)
-            if bool(bad.any()):
-                rows = bad.nonzero().squeeze(-1)[:10].tolist()
-                raise ValueError(f"{name} must be finite, got NaN or inf in rows {rows}")
+    @property
+    def stochastic(self) -> bool:
+        """Whether the stack holds a stochastic layer (then ``log_prob`` raises)."""
+        return is_stochastic(self.transform)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def _check(self, inputs: Tensor, context: Tensor | None) -> None:
+        check_inputs(inputs)
+        if context is not None:
+            check_inputs(context, None, "context")
+            if context.shape[0] != inputs.shape[0]:
+                raise ValueError(
+                    f"context must have the batch size of the inputs ({inputs.shape[0]}), "
+                    f"got shape {tuple(context.shape)}"
+                )
+        if self.validate and not torch.compiler.is_compiling():
+            check_finite_values(inputs, "inputs")
+            check_finite_values(context, "context")
+
+    def _refuse_stochastic(self, method: str) -> None:
+        if self.stochastic:
+            layers = ", ".join(stochastic_layers(self.transform))
+            raise ValueError(
+                f"{method} needs a bijective stack, but {layers} draws its output "
+                "(a stochastic layer): use elbo(inputs) or iwae(inputs, num_samples), "
+                "which bound log p(inputs)"
+            )
+
+    # -- densities ----------------------------------------------------------------------
 
     def log_prob(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        """Log-density of ``inputs`` ``(batch, features)`` given ``context``; ``(batch,)``."""
-        check_inputs(inputs, None)
-        check_flow_context(context, inputs.shape[0])
-        if self.validate:
-            self._check_finite(inputs, context)
+        """Exact log-density of ``inputs`` ``(batch, *event)`` given ``context``; ``(batch,)``.
+
+        Raises:
+            ValueError: the stack holds a stochastic layer (use :meth:`elbo` or
+                :meth:`iwae`).
+        """
+        self._check(inputs, context)
+        self._refuse_stochastic("log_prob")
+        return self._log_prob(inputs, context)
+
+    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
         noise, logabsdet = self.transform(inputs, context=context)
         return self.base.log_prob(noise, context=context) + logabsdet
 
-    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
-        return self.log_prob(inputs, context)
+    def log_weights(
+        self, inputs: Tensor, context: Tensor | None = None, num_samples: int = 1
+    ) -> Tensor:
+        """``num_samples`` one-sample bounds ``log_weight_k`` per item: ``(batch, K)``.
+
+        Each is ``sum_i contribution_i + log p_base(noise)`` along one pass (the
+        stochastic layers draw ``K`` times; what precedes them runs once). For a
+        bijective stack every column is ``log_prob``.
+        """
+        self._check(inputs, context)
+        check_positive_int(num_samples, "num_samples")
+        return self._log_weights(inputs, context, num_samples)
+
+    def _log_weights(self, inputs: Tensor, context: Tensor | None, num_samples: int) -> Tensor:
+        if not self.stochastic:
+            log_prob = self._log_prob(inputs, context)
+            return log_prob.unsqueeze(1).expand(-1, num_samples)
+        noise, total = self.transform(inputs, context=context, num_samples=num_samples)
+        context = _expand_rows(context, total.shape[0])
+        log_weight = self.base.log_prob(noise, context=context) + total
+        return log_weight.view(inputs.shape[0], num_samples)
+
+    def elbo(self, inputs: Tensor, context: Tensor | None = None, num_samples: int = 1) -> Tensor:
+        """Monte Carlo ELBO ``mean_k log_weight_k`` ``(batch,)``; ``log_prob`` if bijective.
+
+        Unbiased for ``E_q[log_weight]``; reparametrized where the stochastic layers
+        are, so ``-elbo(x).mean()`` is a training loss for every model.
+        """
+        self._check(inputs, context)
+        check_positive_int(num_samples, "num_samples")
+        if not self.stochastic:
+            return self._log_prob(inputs, context)
+        return self._log_weights(inputs, context, num_samples).mean(1)
+
+    def iwae(
+        self,
+        inputs: Tensor,
+        num_samples: int,
+        context: Tensor | None = None,
+        chunk_size: int = 16384,
+    ) -> Tensor:
+        """Importance-weighted bound ``logsumexp_k log_weight_k - log K <= log p(x)``; ``(batch,)``.
+
+        Equals ``log_prob`` on a bijective stack. The ``K`` weights are computed in
+        chunks of at most ``chunk_size`` rows (``max(1, chunk_size // batch)`` draws per
+        item per chunk) folded into a running ``logaddexp``, so memory does not grow
+        with ``K``. Wrap in ``torch.no_grad()`` for evaluation.
+
+        Args:
+            inputs: ``(batch, *event)``.
+            num_samples: ``K >= 1``.
+            context: ``(batch, context_features)`` or ``None``.
+            chunk_size: rows evaluated at once (>= 1).
+        """
+        self._check(inputs, context)
+        check_positive_int(num_samples, "num_samples")
+        check_positive_int(chunk_size, "chunk_size")
+        if not self.stochastic:
+            return self._log_prob(inputs, context)
+        batch = inputs.shape[0]
+        if batch == 0:
+            return inputs.new_zeros(0)
+        per_chunk = max(1, chunk_size // batch)
+        total = inputs.new_full((batch,), -math.inf)
+        for start in range(0, num_samples, per_chunk):
+            k = min(per_chunk, num_samples - start)
+            log_w = self._log_weights(inputs, context, k)  # (batch, k)
+            total = torch.logaddexp(total, log_w.logsumexp(1))
+        return total - math.log(num_samples)
 
     def transform_to_noise(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        """``f(inputs)``: ``(batch, features)`` -> ``(batch, features)``."""
-        check_inputs(inputs, None)
-        check_flow_context(context, inputs.shape[0])
-        if self.validate:
-            self._check_finite(inputs, context)
+        """``f(inputs)``: ``(batch, *event)`` -> noise (stochastic layers draw once)."""
+        self._check(inputs, context)
         return self.transform(inputs, context=context)[0]
 
-    def sample_and_log_prob(
-        self, num_samples: int, context: Tensor | None = None
+    # -- sampling -----------------------------------------------------------------------
+
+    def _draw_noise(self, num_samples: int, context: Tensor | None, temperature: float) -> Tensor:
+        if temperature == 1.0:
+            return self.base.sample(num_samples, context=context)
+        if not isinstance(self.base, BaseDistribution):
+            raise ValueError(
+                f"temperature={temperature} needs a flowjoint base density (it scales "
+                f"the Gaussian noise), got {type(self.base).__name__}; use temperature=1.0"
+            )
+        return self.base.sample(num_samples, context=context, temperature=temperature)
+
+    def _sample_batch(
+        self, num_samples: int, context: Tensor | None, temperature: float
     ) -> tuple[Tensor, Tensor]:
-        """Draw samples and their log-density in one pass.
-
-        Returns ``(num_samples, features)`` and ``(num_samples,)`` without context, or
-        ``(batch, num_samples, features)`` and ``(batch, num_samples)`` with a context
-        ``(batch, context_features)``.
-        """
-        check_positive_int(num_samples, "num_samples")
-        check_flow_context(context)
-        noise, base_log_prob = self.base.sample_and_log_prob(num_samples, context=context)
+        """Samples and the inverse's summed log-det (NaN through stochastic layers)."""
+        noise = self._draw_noise(num_samples, context, temperature)
         if context is None:
-            samples, logabsdet = self.transform.inverse(noise)
-            return samples, base_log_prob - logabsdet
+            return self.transform.inverse(noise)
         batch = context.shape[0]
+        flat_noise = noise.flatten(0, 1)  # (batch * n, *event)
         flat_context = context.repeat_interleave(num_samples, dim=0)  # (batch * n, ctx)
-        samples, logabsdet = self.transform.inverse(
-            noise.reshape(batch * num_samples, -1), context=flat_context
-        )
-        log_prob = base_log_prob.reshape(-1) - logabsdet
-        return samples.reshape(batch, num_samples, -1), log_prob.reshape(batch, num_samples)
+        samples, logabsdet = self.transform.inverse(flat_noise, context=flat_context)
+        shape = (batch, num_samples)
+        return samples.unflatten(0, shape), logabsdet.unflatten(0, shape)
 
-    def sample(self, num_samples: int, context: Tensor | None = None) -> Tensor:
-        """``(num_samples, features)``, or ``(batch, num_samples, features)`` with context."""
+    def _check_sampling(
+        self, num_samples: int, context: Tensor | None, batch_size: int | None, temperature: float
+    ) -> None:
         check_positive_int(num_samples, "num_samples")
-        check_flow_context(context)
-        noise = self.base.sample(num_samples, context=context)
-        if context is None:
-            return self.transform.inverse(noise)[0]
-        batch = context.shape[0]
-        samples, _ = self.transform.inverse(
-            noise.reshape(batch * num_samples, -1),
-            context=context.repeat_interleave(num_samples, dim=0),
-        )
-        return samples.reshape(batch, num_samples, -1)
+        if batch_size is not None:
+            check_positive_int(batch_size, "batch_size")
+        check_number(temperature, "temperature", low=0.0)
+        if context is not None:
+            check_inputs(context, None, "context")
+
+    def sample(
+        self,
+        num_samples: int,
+        context: Tensor | None = None,
+        batch_size: int | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        """Draw from the model.
+
+        Args:
+            num_samples: samples per context row (or in all, without context).
+            context: ``(batch, context_features)`` or ``None``.
+            batch_size: draw at most this many at once (nflows' argument); the
+                results are concatenated.
+            temperature: scales the base noise's standard deviation (Glow's
+                convention; needs a flowjoint base); 0 gives the flow's image of
+                the zero noise.
+
+        Returns:
+            ``(num_samples, *event)``, or ``(batch, num_samples, *event)`` with context.
+        """
+        self._check_sampling(num_samples, context, batch_size, temperature)
+        sizes = [num_samples] if batch_size is None else _chunks(num_samples, batch_size)
+        parts = [self._sample_batch(n, context, temperature)[0] for n in sizes]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0 if context is None else 1)
 
     def _sample(self, num_samples: int, context: Tensor | None) -> Tensor:
-        return self.sample(num_samples, context)
+        return self._sample_batch(num_samples, context, 1.0)[0]
+
+    def sample_and_log_prob(
+        self, num_samples: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Draw samples and their exact log-density in one pass (bijective stacks only).
+
+        Returns ``(num_samples, *event)`` and ``(num_samples,)`` without context, or
+        ``(batch, num_samples, *event)`` and ``(batch, num_samples)`` with a context
+        ``(batch, context_features)``.
+        """
+        self._check_sampling(num_samples, context, None, temperature)
+        self._refuse_stochastic("sample_and_log_prob")
+        noise = self._draw_noise(num_samples, context, temperature)
+        if context is None:
+            samples, logabsdet = self.transform.inverse(noise)
+            return samples, self.base.log_prob(noise) - logabsdet
+        batch = context.shape[0]
+        flat_noise = noise.flatten(0, 1)  # (batch * n, *event)
+        flat_context = context.repeat_interleave(num_samples, dim=0)
+        samples, logabsdet = self.transform.inverse(flat_noise, context=flat_context)
+        log_prob = self.base.log_prob(flat_noise, context=flat_context) - logabsdet
+        shape = (batch, num_samples)
+        return samples.unflatten(0, shape), log_prob.unflatten(0, shape)
 
 
-def alternating_masks(
-    features: int, num_layers: int, pattern: Literal["halves", "checkerboard"] = "halves"
-) -> list[Tensor]:
-    """Coupling masks (True = transformed) that alternate between complementary sets.
-
-    ``"halves"``: the second half is transformed, then the first (two contiguous
-    blocks, which coupling layers split with views). ``"checkerboard"``: odd
-    features, then even ones.
-    """
-    check_positive_int(features, "features", minimum=2)
-    check_positive_int(num_layers, "num_layers")
-    index = torch.arange(features)
-    if pattern == "halves":
-        first = index >= features // 2
-    elif pattern == "checkerboard":
-        first = index % 2 == 1
-    else:
-        raise ValueError(f"pattern must be 'halves' or 'checkerboard', got {pattern!r}")
-    return [first if i % 2 == 0 else ~first for i in range(num_layers)]
-
-
-def nice(
-    features: int,
-    num_layers: int = 4,
-    hidden_features: int = 256,
-    num_hidden_layers: int = 3,
-    context_features: int = 0,
-    mask_pattern: Literal["halves", "checkerboard"] = "halves",
-) -> Flow:
-    """NICE: additive couplings on alternating masks, then a diagonal scaling.
-
-    The diagonal scaling is an :class:`ActNorm` (initialised from the first batch),
-    NICE's only volume-changing layer.
-
-    References:
-        NICE: Non-linear Independent Components Estimation. Dinh, Krueger, Bengio,
-        2014. arXiv:1410.8516.
-    """
-    layers: list[Transform] = [
-        AdditiveCoupling(
-            mask, hidden_features, num_hidden_layers, context_features=context_features
-        )
-        for mask in alternating_masks(features, num_layers, mask_pattern)
-    ]
-    layers.append(ActNorm(features))
-    return Flow(Compose(layers), StandardNormal(features))
-
-
-def realnvp(
-    features: int,
-    num_layers: int = 8,
-    hidden_features: int = 128,
-    num_hidden_layers: int = 2,
-    context_features: int = 0,
-    mask_pattern: Literal["halves", "checkerboard"] = "halves",
-    actnorm: bool = False,
-    log_scale_bound: float | None = 3.0,
-) -> Flow:
-    """Real NVP: affine couplings on alternating masks, optionally each after an ActNorm.
-
-    References:
-        Density estimation using Real NVP. Dinh, Sohl-Dickstein, Bengio, 2016.
-        arXiv:1605.08803.
-    """
-    layers: list[Transform] = []
-    for mask in alternating_masks(features, num_layers, mask_pattern):
-        if actnorm:
-            layers.append(ActNorm(features))
-        layers.append(
-            AffineCoupling(
-                mask,
-                hidden_features,
-                num_hidden_layers,
-                context_features=context_features,
-                log_scale_bound=log_scale_bound,
-            )
-        )
-    return Flow(Compose(layers), StandardNormal(features))
+def _chunks(total: int, size: int) -> list[int]:
+    """``total`` split into parts of at most ``size``."""
+    return [min(size, total - start) for start in range(0, total, size)]

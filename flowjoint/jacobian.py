@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from flowjoint.checks import check_inputs
 from flowjoint.coupling import check_mask
-from flowjoint.transforms import Transform, check_inputs
+from flowjoint.stochastic import AugmentedState
+from flowjoint.transforms import Transform
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -33,28 +35,45 @@ __all__ = [
 ]
 
 
+def _flat(state: Tensor | AugmentedState) -> Tensor:
+    """``(batch, *event)`` -> ``(batch, size)``; an ``(x, eps)`` state -> ``cat([x, eps])``."""
+    if isinstance(state, AugmentedState):
+        return torch.cat([state.data.flatten(1), state.latent.flatten(1)], dim=1)
+    return state.flatten(1)
+
+
+def _unflat(flat: Tensor, like: Tensor | AugmentedState) -> Tensor | AugmentedState:
+    if isinstance(like, AugmentedState):
+        size = like.data[0].numel()
+        data, latent = flat.split([size, flat.shape[1] - size], dim=1)
+        return AugmentedState(data.view_as(like.data), latent.view_as(like.latent))
+    return flat.view_as(like)
+
+
 def jacobian(
     transform: Transform,
-    inputs: Tensor,
+    inputs: Tensor | AugmentedState,
     context: Tensor | None = None,
     inverse: bool = False,
 ) -> Tensor:
     """Dense Jacobian of the forward (or inverse) map at each batch item, via ``torch.func``.
 
-    ``J[b, i, j] = d outputs[b, i] / d inputs[b, j]``. Computed as the reverse-mode
-    Jacobian of ``inputs -> outputs.sum(0)``, vectorised over output features with
-    ``torch.func.jacrev``; this equals the per-item Jacobian because batch items
-    do not interact (true of every flowjoint layer; put ``BatchNorm`` in eval mode,
-    and initialise ``ActNorm`` by a forward call in training mode first).
+    ``J[b, i, j] = d outputs[b, i] / d inputs[b, j]`` over the flattened events (an
+    image ``(C, H, W)`` in C-order; an augmented state ``(x, eps)`` as ``x`` flattened,
+    then ``eps``). Computed as the reverse-mode Jacobian of ``inputs -> outputs.sum(0)``,
+    vectorised over output entries with ``torch.func.jacrev``; this equals the
+    per-item Jacobian because batch items do not interact (true of every flowjoint
+    layer; put ``BatchNorm`` in eval mode, and initialise ``ActNorm`` by a forward
+    call in training mode first).
 
     Args:
-        transform: any flowjoint or nflows transform.
-        inputs: ``(batch, features)``.
+        transform: any flowjoint or nflows bijection.
+        inputs: ``(batch, *event)``, or an :class:`~flowjoint.AugmentedState`.
         context: ``(batch, context_features)`` or ``None``.
         inverse: differentiate ``transform.inverse`` instead.
 
     Returns:
-        ``(batch, features_out, features)``.
+        ``(batch, size_out, size_in)``.
 
     Example:
         >>> import torch
@@ -63,13 +82,15 @@ def jacobian(
         tensor([[[0., 1.],
                  [1., 0.]]])
     """
-    check_inputs(inputs, None)
+    if not isinstance(inputs, AugmentedState):
+        check_inputs(inputs)
     fn = transform.inverse if inverse else transform
 
-    def summed_outputs(x: Tensor) -> Tensor:
-        return fn(x, context=context)[0].sum(0)  # (features_out,)
+    def summed_outputs(flat: Tensor) -> Tensor:
+        outputs = fn(_unflat(flat, inputs), context=context)[0]
+        return _flat(outputs).sum(0)  # (size_out,)
 
-    jac = torch.func.jacrev(summed_outputs)(inputs)  # (features_out, batch, features)
+    jac = torch.func.jacrev(summed_outputs)(_flat(inputs))  # (size_out, batch, size_in)
     return jac.permute(1, 0, 2)
 
 
@@ -85,8 +106,8 @@ def check_logabsdet(
     forward outputs. Use float64 inputs for a meaningful figure.
 
     Args:
-        transform: any flowjoint or nflows transform.
-        inputs: ``(batch, features)``.
+        transform: any flowjoint or nflows bijection.
+        inputs: ``(batch, *event)`` or an :class:`~flowjoint.AugmentedState`.
         context: ``(batch, context_features)`` or ``None``.
         inverse: also check ``transform.inverse``.
 
@@ -97,7 +118,8 @@ def check_logabsdet(
     worst = _slogdet_error(logabsdet, jacobian(transform, inputs, context))
     if inverse:
         _, logabsdet_inv = transform.inverse(outputs, context=context)
-        jac_inv = jacobian(transform, outputs.detach(), context, inverse=True)
+        detached = _unflat(_flat(outputs).detach(), outputs)
+        jac_inv = jacobian(transform, detached, context, inverse=True)
         worst = max(worst, _slogdet_error(logabsdet_inv, jac_inv))
     return worst
 
@@ -112,9 +134,10 @@ def _slogdet_error(logabsdet: Tensor, jac: Tensor) -> float:
 def reorder(jac: Tensor, mask: Tensor) -> Tensor:
     """Rows and columns of ``jac`` ``(..., D, D)`` ordered kept-then-transformed.
 
-    ``mask`` ``(D,)`` is True for transformed features.
+    ``mask`` is True for transformed entries: ``(D,)``, or an event-shaped mask such as
+    a checkerboard ``(C, H, W)`` (flattened in C-order, like the Jacobian).
     """
-    mask = check_mask(mask)
+    mask = check_mask(mask).reshape(-1)
     order = torch.cat([(~mask).nonzero().squeeze(-1), mask.nonzero().squeeze(-1)])
     order = order.to(jac.device)
     return jac.index_select(-2, order).index_select(-1, order)
@@ -154,7 +177,7 @@ def block_structure(jac: Tensor, mask: Tensor) -> BlockStructure:
         >>> block_structure(jacobian(layer, torch.randn(4, 3)), mask).triangular
         True
     """
-    mask = check_mask(mask)
+    mask = check_mask(mask).reshape(-1)
     if not isinstance(jac, Tensor) or jac.dim() not in (2, 3) or jac.shape[-1] != jac.shape[-2]:
         raise ValueError(f"jac must have shape ((batch,) D, D), got {getattr(jac, 'shape', jac)}")
     if jac.shape[-1] != mask.numel():

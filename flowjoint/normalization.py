@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from flowjoint.transforms import Transform, check_inputs, check_positive_int
+from flowjoint.checks import check_inputs, check_number, check_positive_int
+from flowjoint.transforms import Transform
 
 __all__ = ["ActNorm", "BatchNorm"]
+
+
+def _per_channel(values: Tensor) -> Tensor:
+    """``(batch, C, *rest)`` -> ``(C, batch * prod(rest))``: the samples of each channel."""
+    return values.transpose(0, 1).reshape(values.shape[1], -1)
+
+
+def _view(parameter: Tensor, inputs: Tensor) -> Tensor:
+    """A per-channel ``(C,)`` parameter shaped ``(C, 1, ..., 1)`` to broadcast over ``rest``."""
+    return parameter.view(-1, *([1] * (inputs.dim() - 2)))
+
+
+def _positions(inputs: Tensor) -> int:
+    """Entries per channel in one example: ``prod(rest)``."""
+    return math.prod(inputs.shape[2:])
 
 
 def _world_size() -> int:
@@ -17,37 +35,40 @@ def _world_size() -> int:
     return 1
 
 
-def _global_mean_and_std(inputs: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-feature mean and unbiased std of the rows of ``inputs`` on every rank together."""
+def _global_mean_and_std(samples: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and unbiased std of ``samples`` ``(C, n)`` on every rank together."""
     distributed = torch.distributed
-    count = inputs.new_tensor(float(inputs.shape[0]))
-    totals = torch.cat([inputs.sum(0), count.reshape(1)])  # (features + 1,)
+    count = samples.new_tensor(float(samples.shape[1]))
+    totals = torch.cat([samples.sum(1), count.reshape(1)])  # (C + 1,)
     distributed.all_reduce(totals)
     n = totals[-1]
     mean = totals[:-1] / n
-    squares = (inputs - mean).square().sum(0)  # (features,)
+    squares = (samples - mean.unsqueeze(1)).square().sum(1)  # (C,)
     distributed.all_reduce(squares)
     var = squares / (n - 1) if bool(n > 1) else torch.ones_like(squares)
     return mean, var.sqrt()
 
 
 class ActNorm(Transform):
-    """Per-feature affine map initialised from the first batch it sees.
+    """Per-channel affine map initialised from the first batch it sees.
 
-    Forward and log-det::
+    On vectors ``(batch, D)`` a channel is a feature; on images ``(batch, C, H, W)``
+    each channel has one scale and shift shared by all positions (Glow). Forward and
+    log-det::
 
         y = x * exp(log_scale) + shift
-        logabsdet = sum(log_scale)          # the same for every batch item
+        logabsdet = H * W * sum(log_scale)   # the same for every batch item
 
     On the first forward call in training mode, ``log_scale = -log(std + init_eps)``
     and ``shift = -mean * exp(log_scale)`` so that the outputs of that batch have
-    zero mean and unit variance per feature. Whether this has happened is a buffer,
-    so a loaded ``state_dict`` is never initialised again.
+    zero mean and unit variance per channel. Whether this has happened is a buffer,
+    so a loaded ``state_dict`` is never initialised again. An empty first batch
+    cannot initialise it and raises ``ValueError``.
 
     Args:
-        features: number of features.
+        features: number of channels (features of a vector).
         init_eps: added to the batch standard deviation at initialisation, so a
-            constant feature gives a finite scale ``1 / init_eps``.
+            constant channel gives a finite scale ``1 / init_eps``.
 
     References:
         Glow: Generative Flow with Invertible 1x1 Convolutions. Kingma, Dhariwal,
@@ -64,7 +85,7 @@ class ActNorm(Transform):
     def __init__(self, features: int, init_eps: float = 1e-6) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")
-        self.init_eps = init_eps
+        self.init_eps = check_number(init_eps, "init_eps", low=0.0, low_open=True)
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.shift = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
@@ -80,54 +101,65 @@ class ActNorm(Transform):
 
     @torch.no_grad()
     def initialize(self, inputs: Tensor) -> None:
-        """Set scale and shift so that ``inputs`` ``(batch, features)`` are standardised.
+        """Set scale and shift so that ``inputs`` ``(batch, C, *rest)`` are standardised.
 
         Under an initialised ``torch.distributed`` process group the statistics are
         those of the batches of all ranks together (two all-reduces, once), so that
         every rank starts from the same scale and shift, the one a single process
         would compute on the global batch.
         """
+        samples = _per_channel(inputs)  # (C, n)
+        if samples.shape[1] == 0:
+            raise ValueError(
+                "ActNorm is initialised from its first training batch, got an empty batch "
+                f"of shape {tuple(inputs.shape)}"
+            )
         if _world_size() > 1:
-            mean, std = _global_mean_and_std(inputs)
-            self.log_scale.copy_(-torch.log(std + self.init_eps))
-            self.shift.copy_(-mean * self.log_scale.exp())
-            self.initialized.fill_(True)
-            self._initialized = True
-            return
-        std = inputs.std(0) if inputs.shape[0] > 1 else torch.ones_like(inputs[0])
+            mean, std = _global_mean_and_std(samples)
+        else:
+            mean = samples.mean(1)
+            std = samples.std(1) if samples.shape[1] > 1 else torch.ones_like(mean)
         self.log_scale.copy_(-torch.log(std + self.init_eps))
-        self.shift.copy_(-inputs.mean(0) * self.log_scale.exp())
+        self.shift.copy_(-mean * self.log_scale.exp())
         self.initialized.fill_(True)
         self._initialized = True
 
+    def _check(self, inputs: Tensor) -> None:
+        check_inputs(inputs, None, channels=self.features)
+
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, self.features)
+        self._check(inputs)
         if self.training and not self._initialized:
             self.initialize(inputs)
-        outputs = torch.addcmul(self.shift, inputs, self.log_scale.exp())
-        return outputs, self.log_scale.sum().expand(inputs.shape[0])
+        log_scale, shift = _view(self.log_scale, inputs), _view(self.shift, inputs)
+        outputs = torch.addcmul(shift, inputs, log_scale.exp())
+        logabsdet = self.log_scale.sum() * _positions(inputs)
+        return outputs, logabsdet.expand(inputs.shape[0])
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, self.features)
-        outputs = (inputs - self.shift) * torch.exp(-self.log_scale)
-        return outputs, (-self.log_scale.sum()).expand(inputs.shape[0])
+        self._check(inputs)
+        log_scale, shift = _view(self.log_scale, inputs), _view(self.shift, inputs)
+        outputs = (inputs - shift) * torch.exp(-log_scale)
+        logabsdet = -self.log_scale.sum() * _positions(inputs)
+        return outputs, logabsdet.expand(inputs.shape[0])
 
 
 class BatchNorm(Transform):
-    """Batch normalization as a flow layer.
+    """Batch normalization as a flow layer, per channel (per feature of a vector).
 
     Forward and log-det, with batch statistics in training mode and running
-    statistics in eval mode::
+    statistics in eval mode (statistics over the batch and, for images, the
+    positions of each channel)::
 
         y = (x - mean) / sqrt(var + eps) * exp(log_gamma) + beta
-        logabsdet = sum(log_gamma - 0.5 * log(var + eps))
+        logabsdet = H * W * sum(log_gamma - 0.5 * log(var + eps))
 
     The inverse uses the running statistics, so it inverts the forward map in eval
     mode; in training mode it raises (the batch statistics of the outputs are not
     those of the inputs). Call ``.eval()`` before sampling.
 
     Args:
-        features: number of features.
+        features: number of channels (features of a vector).
         momentum: weight of the new batch in the running averages.
         eps: added to the variance for numerical safety, as in ``torch.nn.BatchNorm1d``.
 
@@ -139,11 +171,8 @@ class BatchNorm(Transform):
     def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.momentum, self.eps = momentum, eps
+        self.momentum = check_number(momentum, "momentum", low=0.0, high=1.0, low_open=True)
+        self.eps = check_number(eps, "eps", low=0.0)
         self.log_gamma = nn.Parameter(torch.zeros(features))
         self.beta = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
@@ -152,31 +181,39 @@ class BatchNorm(Transform):
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}, eps={self.eps}"
 
+    def _statistics(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.running_mean, self.running_var
+        samples = _per_channel(inputs)  # (C, n)
+        if samples.shape[1] < 2:
+            raise ValueError(
+                f"inputs must hold at least 2 values per channel in training mode (batch "
+                f"statistics), got shape {tuple(inputs.shape)}"
+            )
+        mean, var = samples.mean(1), samples.var(1, unbiased=False)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach(), self.momentum)
+        return mean, var
+
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, self.features)
-        if self.training:
-            if inputs.shape[0] < 2:
-                raise ValueError(
-                    f"inputs must hold at least 2 rows in training mode (batch statistics), "
-                    f"got shape {tuple(inputs.shape)}"
-                )
-            mean, var = inputs.mean(0), inputs.var(0, unbiased=False)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach(), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        log_scale = self.log_gamma - 0.5 * torch.log(var + self.eps)  # (features,)
-        outputs = (inputs - mean) * log_scale.exp() + self.beta
-        return outputs, log_scale.sum().expand(inputs.shape[0])
+        check_inputs(inputs, None, channels=self.features)
+        mean, var = self._statistics(inputs)
+        log_scale = self.log_gamma - 0.5 * torch.log(var + self.eps)  # (C,)
+        outputs = (inputs - _view(mean, inputs)) * _view(log_scale.exp(), inputs)
+        outputs = outputs + _view(self.beta, inputs)
+        logabsdet = log_scale.sum() * _positions(inputs)
+        return outputs, logabsdet.expand(inputs.shape[0])
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, self.features)
+        check_inputs(inputs, None, channels=self.features)
         if self.training:
             raise RuntimeError(
                 "BatchNorm.inverse uses running statistics and inverts forward only in eval "
                 "mode; call .eval() first"
             )
         log_scale = self.log_gamma - 0.5 * torch.log(self.running_var + self.eps)
-        outputs = (inputs - self.beta) * torch.exp(-log_scale) + self.running_mean
-        return outputs, (-log_scale.sum()).expand(inputs.shape[0])
+        outputs = (inputs - _view(self.beta, inputs)) * _view(torch.exp(-log_scale), inputs)
+        outputs = outputs + _view(self.running_mean, inputs)
+        logabsdet = -log_scale.sum() * _positions(inputs)
+        return outputs, logabsdet.expand(inputs.shape[0])

@@ -1,39 +1,27 @@
-"""Preprocessing as transforms whose log-dets are counted, and unit conversions.
+"""Preprocessing as layers of the stack: fixed bijections whose log-dets are counted.
 
-A model is fitted to ``h = T(x + u)``, where ``x + u`` is the dequantized data on its
-original scale (:func:`flowjoint.data.dequantize`) and ``T`` is a :class:`Scale` to
-``[0, 1]`` followed by a :class:`Logit`. Because ``T`` is a flowjoint transform, the
-change of variables
-
-    log p(x + u) = log p_model(T(x + u)) + logabsdet_T(x + u)
-
-is exact, and :class:`Preprocessed` reports every likelihood (exact, ELBO, IWAE) of
-``x + u`` on its original scale: a flow and a VAE are compared on the same density.
-
-Units: ``bits/dim = nll_nats / (D * ln 2)`` for the density of ``x + u`` on
-``[0, levels)^D``; a density of ``(x + u) / levels`` on ``[0, 1]^D`` is converted with
-:func:`nll_to_level_scale` first (``+ D * ln(levels)``).
+A model of pixel data is one stack, e.g. ``[UniformDequantization(levels),
+Scale(1 / levels), Logit(alpha), ...flow layers]``: dequantization gives
+``x + u`` on the data's original scale ``[0, levels)^D``, :class:`Scale` maps it to
+``[0, 1)`` and :class:`Logit` to the real line. Because the preprocessing layers are
+transforms, their log-dets enter the same sum as the flow's, and every number a
+stack reports is a density (or bound) of the data on its original scale: a flow and
+a VAE are compared on the same density.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from flowjoint.transforms import Compose, Transform, check_inputs, check_positive_int
+from flowjoint.checks import check_inputs, check_number, check_positive_int, sum_event
+from flowjoint.stochastic import UniformDequantization, VariationalDequantization
+from flowjoint.transforms import Transform
 
-__all__ = [
-    "Logit",
-    "Preprocessed",
-    "Scale",
-    "bits_per_dim_to_nats",
-    "nats_to_bits_per_dim",
-    "nll_to_level_scale",
-    "pixel_preprocessing",
-]
+__all__ = ["Logit", "Scale", "pixel_preprocessing"]
 
 
 class Scale(Transform):
@@ -42,7 +30,7 @@ class Scale(Transform):
     Forward and log-det::
 
         y = factor * x
-        logabsdet = D * log(factor)
+        logabsdet = size * log(factor)      # size: entries per example
 
     Args:
         factor: the positive constant (``1 / levels`` maps ``[0, levels)`` to ``[0, 1)``).
@@ -55,22 +43,22 @@ class Scale(Transform):
 
     def __init__(self, factor: float) -> None:
         super().__init__()
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor > 0:
-            raise ValueError(f"factor must be a positive number, got {factor!r}")
-        self.factor = float(factor)
+        self.factor = check_number(factor, "factor", low=0.0, low_open=True)
         self.log_factor = math.log(self.factor)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, None)
-        logabsdet = inputs.new_full((inputs.shape[0],), inputs.shape[1] * self.log_factor)
+        check_inputs(inputs)
+        size = math.prod(inputs.shape[1:])
+        logabsdet = inputs.new_full((inputs.shape[0],), size * self.log_factor)
         return inputs * self.factor, logabsdet
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, None)
-        logabsdet = inputs.new_full((inputs.shape[0],), -inputs.shape[1] * self.log_factor)
+        check_inputs(inputs)
+        size = math.prod(inputs.shape[1:])
+        logabsdet = inputs.new_full((inputs.shape[0],), -size * self.log_factor)
         return inputs / self.factor, logabsdet
 
 
@@ -92,9 +80,10 @@ class Logit(Transform):
 
     Args:
         alpha: squeeze, ``0 <= alpha < 0.5`` (0 is the plain logit, infinite at the ends).
-        check_range: raise if an input lies outside the map's domain
+        validate: raise ``ValueError`` if an input lies outside the map's domain
             ``[-alpha, 1 - alpha] / (1 - 2 alpha)`` (which contains ``[0, 1]``; a model's
-            samples mapped back by the inverse can lie anywhere in it).
+            samples mapped back by the inverse can lie anywhere in it). Reads tensor
+            values (one device synchronisation per call).
 
     References:
         Density estimation using Real NVP. Dinh, Sohl-Dickstein, Bengio, 2016.
@@ -106,152 +95,77 @@ class Logit(Transform):
         [-2.9444, 0.0, 2.9444]
     """
 
-    def __init__(self, alpha: float = 0.01, check_range: bool = True) -> None:
+    def __init__(self, alpha: float = 0.01, validate: bool = True) -> None:
         super().__init__()
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha < 0.5:
-            raise ValueError(f"alpha must be a number in [0, 0.5), got {alpha!r}")
-        self.alpha = float(alpha)
-        self.check_range = check_range
+        self.alpha = check_number(alpha, "alpha", low=0.0, high=0.5, high_open=True)
+        self.validate = bool(validate)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, None)
+        check_inputs(inputs)
         s = self.alpha + (1 - 2 * self.alpha) * inputs
-        if self.check_range and s.numel() and (s.min() < 0 or s.max() > 1):
+        if (
+            self.validate
+            and s.numel()
+            and not torch.compiler.is_compiling()
+            and not bool(((s >= 0) & (s <= 1)).all())  # False for NaN too
+        ):
             raise ValueError(
                 f"inputs of Logit(alpha={self.alpha}) must lie in [0, 1] (at most "
                 f"[-alpha, 1 - alpha] / (1 - 2 alpha)), got values in "
                 f"[{inputs.min().item():.4g}, {inputs.max().item():.4g}]"
             )
         log_s, log_1ms = torch.log(s), torch.log1p(-s)
-        logabsdet = (math.log1p(-2 * self.alpha) - log_s - log_1ms).sum(-1)
+        logabsdet = sum_event(math.log1p(-2 * self.alpha) - log_s - log_1ms)
         return log_s - log_1ms, logabsdet
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_inputs(inputs, None)
+        check_inputs(inputs)
         s = torch.sigmoid(inputs)
         # log s + log(1 - s) = -softplus(-y) - softplus(y), stable for large |y|.
         log_s_1ms = -nn.functional.softplus(-inputs) - nn.functional.softplus(inputs)
-        logabsdet = (log_s_1ms - math.log1p(-2 * self.alpha)).sum(-1)
+        logabsdet = sum_event(log_s_1ms - math.log1p(-2 * self.alpha))
         return (s - self.alpha) / (1 - 2 * self.alpha), logabsdet
 
 
-def pixel_preprocessing(levels: int, alpha: float | None = 0.01) -> Transform:
-    """``Scale(1 / levels)`` then ``Logit(alpha)`` (no logit if ``alpha`` is None).
+def pixel_preprocessing(
+    levels: int,
+    alpha: float | None = 0.01,
+    dequantization: str = "uniform",
+    shape: int | Sequence[int] | None = None,
+    hidden_features: int = 64,
+) -> list[Transform]:
+    """The layers that turn pixel levels into a continuous input: dequantize, scale, logit.
 
-    Maps dequantized pixels ``x + u`` in ``[0, levels)^D`` to the space a model is
-    fitted in; its log-det is counted by :class:`Preprocessed`.
-    """
-    check_positive_int(levels, "levels", minimum=2)
-    if alpha is None:
-        return Compose([Scale(1.0 / levels)])
-    return Compose([Scale(1.0 / levels), Logit(alpha)])
-
-
-class Preprocessed(nn.Module):
-    """A model of ``T(x)`` seen as a density of ``x``: every log-likelihood gets ``logabsdet_T``.
-
-    ``log p(x) = log p_model(T(x)) + logabsdet_T(x)``; the same shift applies to a
-    lower bound (ELBO, IWAE), since ``T`` is a fixed bijection. Sampling draws from the
-    model and maps back with ``T.inverse``.
+    ``[UniformDequantization(levels) | VariationalDequantization(shape, levels),
+    Scale(1 / levels), Logit(alpha)]`` (no logit if ``alpha`` is None). Put them at the
+    start of a stack; their contributions are counted like any layer's.
 
     Args:
-        model: a flowjoint model with ``log_prob(x)`` (a :class:`~flowjoint.Flow`) and/or
-            ``elbo(x)`` and ``iwae(x, num_samples)`` (the VAE), and ``sample(n)``.
-        transform: the fixed preprocessing ``T`` (e.g. :func:`pixel_preprocessing`).
-
-    Example:
-        >>> from flowjoint import realnvp
-        >>> model = Preprocessed(realnvp(4, num_layers=2), pixel_preprocessing(17))
-        >>> model.log_prob(torch.rand(3, 4) * 17).shape
-        torch.Size([3])
+        levels: the number of levels (17 for digits, 256 for MNIST).
+        alpha: the logit squeeze (see :class:`Logit`), or ``None`` for no logit.
+        dequantization: ``"uniform"``, ``"variational"`` or ``"none"`` (the data is
+            already continuous on ``[0, levels)``).
+        shape: the event shape, required for variational dequantization.
+        hidden_features: width (vectors) or channels (images) of the variational
+            dequantization's default conditioner.
     """
-
-    def __init__(self, model: nn.Module, transform: Transform) -> None:
-        super().__init__()
-        if not isinstance(transform, Transform):
-            raise TypeError(f"transform must be a flowjoint Transform, got {type(transform)}")
-        self.model = model
-        self.transform = transform
-
-    def _pre(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        return self.transform(inputs)
-
-    def log_prob(self, inputs: Tensor) -> Tensor:
-        """Exact log-density of ``inputs`` ``(batch, D)``; ``(batch,)``."""
-        h, logabsdet = self._pre(inputs)
-        return self.model.log_prob(h) + logabsdet
-
-    # ``elbo`` and ``iwae`` exist only if the wrapped model has them, so that
-    # ``hasattr(model, "elbo")`` tells a bound-trained model from an exact one.
-    @property
-    def elbo(self) -> Callable[[Tensor], Tensor]:
-        """The model's ELBO of ``T(inputs)`` plus ``logabsdet_T``: ``(batch, D) -> (batch,)``."""
-        inner = self._require("elbo")
-
-        def elbo(inputs: Tensor) -> Tensor:
-            h, logabsdet = self._pre(inputs)
-            return inner(h) + logabsdet
-
-        return elbo
-
-    @property
-    def iwae(self) -> Callable[[Tensor, int], Tensor]:
-        """The model's IWAE bound of ``T(inputs)`` plus ``logabsdet_T``; ``(batch,)``."""
-        inner = self._require("iwae")
-
-        def iwae(inputs: Tensor, num_samples: int) -> Tensor:
-            h, logabsdet = self._pre(inputs)
-            return inner(h, num_samples) + logabsdet
-
-        return iwae
-
-    def _require(self, name: str) -> Callable:
-        method = getattr(self.model, name, None)
-        if method is None:
-            raise AttributeError(f"{type(self.model).__name__} has no {name}()")
-        return method
-
-    def sample(self, num_samples: int) -> Tensor:
-        """``(num_samples, D)`` on the original scale."""
-        return self.transform.inverse(self.model.sample(num_samples))[0]
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        """The training objective: the ELBO if the model has one, else the log-density."""
-        if hasattr(self.model, "elbo"):
-            return self.elbo(inputs)  # the model's own ELBO, shifted
-        return self.log_prob(inputs)
-
-
-def nats_to_bits_per_dim(nll_nats: float | Tensor, dims: int) -> float | Tensor:
-    """``nll_nats / (dims * ln 2)``: per-example NLL in nats to bits per dimension.
-
-    The NLL must be of the density on the data's original scale (``[0, levels)^D`` for
-    dequantized pixels); see :func:`nll_to_level_scale`.
-
-    Example:
-        >>> round(nats_to_bits_per_dim(nll_to_level_scale(-1980.50, 784, 256), 784), 3)
-        4.356
-    """
-    check_positive_int(dims, "dims")
-    return nll_nats / (dims * math.log(2.0))
-
-
-def bits_per_dim_to_nats(bits: float | Tensor, dims: int) -> float | Tensor:
-    """Inverse of :func:`nats_to_bits_per_dim`: ``bits * dims * ln 2``."""
-    check_positive_int(dims, "dims")
-    return bits * dims * math.log(2.0)
-
-
-def nll_to_level_scale(nll_unit_nats: float | Tensor, dims: int, levels: int) -> float | Tensor:
-    """NLL of ``(x + u) / levels`` on ``[0, 1]^D`` -> NLL of ``x + u`` on ``[0, levels)^D``.
-
-    ``log p(x + u) = log p((x + u) / levels) - D * ln(levels)``, so the NLL grows by
-    ``D * ln(levels)``. NICE's 1980.50 nats on MNIST (a log-likelihood on ``[0, 1]``)
-    becomes ``4347.4 - 1980.5 = 2366.9`` nats, 4.356 bits/dim.
-    """
-    check_positive_int(dims, "dims")
     check_positive_int(levels, "levels", minimum=2)
-    return nll_unit_nats + dims * math.log(levels)
+    if dequantization == "uniform":
+        layers: list[Transform] = [UniformDequantization(levels)]
+    elif dequantization == "variational":
+        if shape is None:
+            raise ValueError("shape is required for dequantization='variational'")
+        layers = [VariationalDequantization(shape, levels, hidden_features=hidden_features)]
+    elif dequantization == "none":
+        layers = []
+    else:
+        raise ValueError(
+            f"dequantization must be 'uniform', 'variational' or 'none', got {dequantization!r}"
+        )
+    layers.append(Scale(1.0 / levels))
+    if alpha is not None:
+        layers.append(Logit(alpha))
+    return layers

@@ -1,0 +1,149 @@
+"""Builders of the usual coupling flows: NICE, Real NVP and spline couplings on vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from flowjoint.checks import check_positive_int
+from flowjoint.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
+from flowjoint.distributions import StandardNormal
+from flowjoint.flows import Flow
+from flowjoint.normalization import ActNorm
+from flowjoint.transforms import Compose, Transform
+
+__all__ = ["alternating_masks", "coupling_flow", "nice", "realnvp"]
+
+COUPLINGS = {"additive": AdditiveCoupling, "affine": AffineCoupling, "spline": SplineCoupling}
+
+
+def alternating_masks(
+    features: int, num_layers: int, pattern: Literal["halves", "checkerboard"] = "halves"
+) -> list[Tensor]:
+    """Coupling masks (True = transformed) that alternate between complementary sets.
+
+    ``"halves"``: the second half is transformed, then the first (two contiguous
+    blocks, which coupling layers split with views). ``"checkerboard"``: odd
+    features, then even ones.
+    """
+    check_positive_int(features, "features", minimum=2)
+    check_positive_int(num_layers, "num_layers")
+    index = torch.arange(features)
+    if pattern == "halves":
+        first = index >= features // 2
+    elif pattern == "checkerboard":
+        first = index % 2 == 1
+    else:
+        raise ValueError(f"pattern must be 'halves' or 'checkerboard', got {pattern!r}")
+    return [first if i % 2 == 0 else ~first for i in range(num_layers)]
+
+
+def coupling_flow(
+    features: int,
+    num_layers: int = 8,
+    hidden_features: int = 128,
+    num_hidden_layers: int = 2,
+    context_features: int = 0,
+    mask_pattern: Literal["halves", "checkerboard"] = "halves",
+    coupling: Literal["additive", "affine", "spline"] = "affine",
+    actnorm: bool = False,
+    preprocessing: Sequence[Transform] = (),
+    **map_options: object,
+) -> Flow:
+    """Couplings on alternating masks (each after an optional ActNorm) on ``StandardNormal``.
+
+    Args:
+        features: ``D``.
+        num_layers: coupling layers.
+        hidden_features, num_hidden_layers: each conditioner MLP's width and depth.
+        context_features: width of an external context.
+        mask_pattern: ``"halves"`` or ``"checkerboard"`` (:func:`alternating_masks`).
+        coupling: the element-wise map: ``"additive"`` (NICE), ``"affine"`` (Real NVP)
+            or ``"spline"`` (rational-quadratic).
+        actnorm: an :class:`~flowjoint.ActNorm` before each coupling.
+        preprocessing: layers put first in the stack (dequantization, scaling,
+            logit; see :func:`flowjoint.preprocess.pixel_preprocessing`).
+        **map_options: passed to the coupling (``log_scale_bound`` for affine,
+            ``num_bins`` and ``tail_bound`` for spline).
+    """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
+    layers: list[Transform] = list(preprocessing)
+    for mask in alternating_masks(features, num_layers, mask_pattern):
+        if actnorm:
+            layers.append(ActNorm(features))
+        layers.append(
+            COUPLINGS[coupling](
+                mask,
+                hidden_features,
+                num_hidden_layers,
+                context_features=context_features,
+                **map_options,
+            )
+        )
+    return Flow(Compose(layers), StandardNormal(features))
+
+
+def nice(
+    features: int,
+    num_layers: int = 4,
+    hidden_features: int = 256,
+    num_hidden_layers: int = 3,
+    context_features: int = 0,
+    mask_pattern: Literal["halves", "checkerboard"] = "halves",
+    preprocessing: Sequence[Transform] = (),
+) -> Flow:
+    """NICE: additive couplings on alternating masks, then a diagonal scaling.
+
+    The diagonal scaling is an :class:`ActNorm` (initialised from the first batch),
+    NICE's only volume-changing layer.
+
+    References:
+        NICE: Non-linear Independent Components Estimation. Dinh, Krueger, Bengio,
+        2014. arXiv:1410.8516.
+    """
+    flow = coupling_flow(
+        features,
+        num_layers,
+        hidden_features,
+        num_hidden_layers,
+        context_features,
+        mask_pattern,
+        coupling="additive",
+        preprocessing=preprocessing,
+    )
+    return Flow(Compose([*flow.transform, ActNorm(features)]), flow.base)
+
+
+def realnvp(
+    features: int,
+    num_layers: int = 8,
+    hidden_features: int = 128,
+    num_hidden_layers: int = 2,
+    context_features: int = 0,
+    mask_pattern: Literal["halves", "checkerboard"] = "halves",
+    actnorm: bool = False,
+    log_scale_bound: float | None = 3.0,
+    preprocessing: Sequence[Transform] = (),
+) -> Flow:
+    """Real NVP: affine couplings on alternating masks, optionally each after an ActNorm.
+
+    References:
+        Density estimation using Real NVP. Dinh, Sohl-Dickstein, Bengio, 2016.
+        arXiv:1605.08803.
+    """
+    return coupling_flow(
+        features,
+        num_layers,
+        hidden_features,
+        num_hidden_layers,
+        context_features,
+        mask_pattern,
+        coupling="affine",
+        actnorm=actnorm,
+        preprocessing=preprocessing,
+        log_scale_bound=log_scale_bound,
+    )
