@@ -15,15 +15,8 @@ from flowjoint.augmented import (
     decoder_coupling,
     encoder_coupling,
 )
-from flowjoint.builders import alternating_masks, coupling_flow, nice, realnvp
-from flowjoint.coupling import (
-    AdditiveCoupling,
-    AffineCoupling,
-    Coupling,
-    SplineCoupling,
-    channel_mask,
-    checkerboard_mask,
-)
+from flowjoint.builders import coupling_flow, nice, realnvp
+from flowjoint.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from flowjoint.decoders import BernoulliDecoder, GaussianDecoder, JointBase
 from flowjoint.distributions import StandardNormal
 from flowjoint.elementwise import (
@@ -42,6 +35,7 @@ from flowjoint.jacobian import (
     jacobian,
     plot_jacobian_patterns,
 )
+from flowjoint.masks import alternating_masks, channel_mask, checkerboard_mask
 from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
 from flowjoint.normalization import ActNorm, BatchNorm
 from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation

@@ -5,40 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
-from torch import Tensor
-
-from flowjoint.checks import check_positive_int
 from flowjoint.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling
 from flowjoint.distributions import StandardNormal
 from flowjoint.flows import Flow
+from flowjoint.masks import alternating_masks
 from flowjoint.normalization import ActNorm
 from flowjoint.transforms import Compose, Transform
 
-__all__ = ["alternating_masks", "coupling_flow", "nice", "realnvp"]
+__all__ = ["coupling_flow", "nice", "realnvp"]
 
 COUPLINGS = {"additive": AdditiveCoupling, "affine": AffineCoupling, "spline": SplineCoupling}
-
-
-def alternating_masks(
-    features: int, num_layers: int, pattern: Literal["halves", "checkerboard"] = "halves"
-) -> list[Tensor]:
-    """Coupling masks (True = transformed) that alternate between complementary sets.
-
-    ``"halves"``: the second half is transformed, then the first (two contiguous
-    blocks, which coupling layers split with views). ``"checkerboard"``: odd
-    features, then even ones.
-    """
-    check_positive_int(features, "features", minimum=2)
-    check_positive_int(num_layers, "num_layers")
-    index = torch.arange(features)
-    if pattern == "halves":
-        first = index >= features // 2
-    elif pattern == "checkerboard":
-        first = index % 2 == 1
-    else:
-        raise ValueError(f"pattern must be 'halves' or 'checkerboard', got {pattern!r}")
-    return [first if i % 2 == 0 else ~first for i in range(num_layers)]
 
 
 def coupling_flow(

@@ -38,8 +38,6 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
@@ -51,57 +49,11 @@ from flowjoint.elementwise import (
     ElementwiseMap,
     SplineMap,
 )
+from flowjoint.masks import check_mask
 from flowjoint.nets import ResidualConvNet
 from flowjoint.transforms import BlockTransform
 
-__all__ = [
-    "AdditiveCoupling",
-    "AffineCoupling",
-    "Coupling",
-    "SplineCoupling",
-    "channel_mask",
-    "checkerboard_mask",
-    "check_mask",
-]
-
-
-def check_mask(mask: object, name: str = "mask") -> Tensor:
-    """Return ``mask`` if it is a valid coupling mask, else raise naming it."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(
-            f"{name} must be a bool torch.Tensor (True = transformed), got {type(mask).__name__}"
-        )
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{name} must have dtype torch.bool (True = transformed), got {mask.dtype}")
-    if mask.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension, got a scalar")
-    if bool(mask.all()):
-        raise ValueError(
-            f"{name} must keep at least one entry (a False), got all True, shape "
-            f"{tuple(mask.shape)}"
-        )
-    if not bool(mask.any()):
-        raise ValueError(
-            f"{name} must transform at least one entry (a True), got all False, shape "
-            f"{tuple(mask.shape)}"
-        )
-    return mask
-
-
-def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
-    """A ``(C, H, W)`` checkerboard: True where ``(h + w) % 2 == parity`` (every channel)."""
-    channels, height, width = (int(s) for s in shape)
-    h = torch.arange(height).unsqueeze(1)
-    w = torch.arange(width).unsqueeze(0)
-    board = (h + w) % 2 == parity  # (H, W)
-    return board.expand(channels, height, width).clone()
-
-
-def channel_mask(channels: int, parity: int = 0) -> Tensor:
-    """A ``(C,)`` channel split: the second half transformed (``parity=0``) or the first."""
-    check_positive_int(channels, "channels", minimum=2)
-    second = torch.arange(channels) >= channels // 2
-    return second if parity == 0 else ~second
+__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "SplineCoupling"]
 
 
 class Coupling(BlockTransform):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from flowjoint.checks import check_inputs
-from flowjoint.coupling import check_mask
+from flowjoint.masks import check_mask
 from flowjoint.stochastic import AugmentedState
 from flowjoint.transforms import Transform
 

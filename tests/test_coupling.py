@@ -67,11 +67,13 @@ def test_mask_true_means_transformed(cls, mask):
     assert not torch.allclose(layer(x2)[0][:, mask], y[:, mask])
 
 
-def test_coupling_reuses_conditional_affine():
-    """A coupling is split -> ConditionalAffine(kept, context) -> merge."""
+def test_coupling_reuses_the_conditional_elementwise_map():
+    """A coupling is split -> ConditionalElementwise(kept, context) -> merge, the same
+    building block as the reparametrization (ConditionalAffine is its affine case)."""
     mask = MASKS["interleaved"]
     layer = randomize_parameters(fj.AffineCoupling(mask, 16, context_features=2))
-    assert isinstance(layer.elementwise, fj.ConditionalAffine)
+    assert isinstance(layer.elementwise, fj.ConditionalElementwise)
+    assert isinstance(layer.elementwise.function, fj.AffineMap)
     assert layer.elementwise.context_features == 2 + 2  # kept + context
     x, c = torch.randn(5, 5), torch.randn(5, 2)
     z, logabsdet = layer.elementwise(x[:, mask], context=torch.cat([x[:, ~mask], c], 1))

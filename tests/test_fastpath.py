@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import flowjoint as fj
+from flowjoint.transforms import has_hooks
 from flowjoint.testing import randomize_parameters
 
 
@@ -80,9 +81,50 @@ def test_forward_hooks_disable_the_chain():
     flow = fj.realnvp(4, num_layers=2, hidden_features=8)
     seen = []
     flow.transform[1].register_forward_hook(lambda module, args, out: seen.append(out[1]))
-    assert not flow.transform[1].can_fuse()
+    assert has_hooks(flow.transform[1]) and not has_hooks(flow.transform[0])
     flow.log_prob(torch.randn(3, 4))
     assert len(seen) == 1 and seen[0].shape == (3,)
+
+
+def _register(kind, layer, seen):
+    """Register a hook of ``kind`` on ``layer`` (or globally); returns its handle."""
+    hook = lambda module, *args: seen.append(module)  # noqa: E731
+    if kind == "forward_pre":
+        return layer.register_forward_pre_hook(hook)
+    if kind == "full_backward":
+        return layer.register_full_backward_hook(hook)
+    if kind == "full_backward_pre":
+        return layer.register_full_backward_pre_hook(hook)
+    if kind == "global_forward":
+        return torch.nn.modules.module.register_module_forward_hook(hook)
+    if kind == "global_full_backward":
+        return torch.nn.modules.module.register_module_full_backward_hook(hook)
+    return torch.nn.modules.module.register_module_full_backward_pre_hook(hook)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "forward_pre",
+        "full_backward",
+        "full_backward_pre",
+        "global_forward",
+        "global_full_backward",
+        "global_full_backward_pre",
+    ],
+)
+def test_every_kind_of_hook_fires_inside_a_chain(kind):
+    """A hook on a chained coupling (or a global one) fires as if each layer were called."""
+    flow = fj.realnvp(4, num_layers=3, hidden_features=8)
+    randomize_parameters(flow, std=0.5)
+    coupling = flow.transform[1]
+    seen = []
+    handle = _register(kind, coupling, seen)
+    try:
+        flow.log_prob(torch.randn(3, 4)).sum().backward()
+    finally:
+        handle.remove()
+    assert any(module is coupling for module in seen)
 
 
 def test_overridden_forward_disables_the_chain():

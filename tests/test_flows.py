@@ -103,3 +103,69 @@ def test_builders_alternate_masks():
     nice = fj.nice(6, num_layers=3)
     assert sum(isinstance(t, fj.AdditiveCoupling) for t in nice.transform) == 3
     assert isinstance(nice.transform[-1], fj.ActNorm)
+
+
+def test_elbo_and_iwae_are_log_prob_on_a_bijective_stack():
+    flow = randomize_parameters(fj.realnvp(3, 4, 8, context_features=2).double(), 0.5)
+    x, c = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    log_prob = flow.log_prob(x, c)
+    torch.testing.assert_close(flow.elbo(x, c), log_prob, rtol=0, atol=1e-12)
+    torch.testing.assert_close(flow.elbo(x, c, num_samples=5), log_prob, rtol=0, atol=1e-12)
+    torch.testing.assert_close(flow.iwae(x, 7, c), log_prob, rtol=0, atol=1e-12)
+    weights = flow.log_weights(x, c, num_samples=3)
+    assert weights.shape == (6, 3)
+    torch.testing.assert_close(weights, log_prob.unsqueeze(1).expand(-1, 3), rtol=0, atol=0)
+
+
+def test_sample_takes_nflows_batch_size():
+    flow = randomize_parameters(fj.realnvp(2, 2, 8), 0.5)
+    torch.manual_seed(3)
+    parts = flow.sample(25, batch_size=10)  # 10 + 10 + 5, drawn in turn
+    torch.manual_seed(3)
+    noise = torch.cat([torch.randn(10, 2), torch.randn(10, 2), torch.randn(5, 2)])
+    torch.testing.assert_close(parts, flow.transform.inverse(noise)[0])
+    conditional = fj.realnvp(2, 2, 8, context_features=1)
+    # nflows 0.14 concatenates such batches along dim 0 and gets (12, 3, 2) or fails
+    assert conditional.sample(7, context=torch.randn(4, 1), batch_size=3).shape == (4, 7, 2)
+
+
+def test_temperature_scales_the_base_noise():
+    flow = randomize_parameters(fj.realnvp(3, 4, 8), 0.5)
+    zero_noise_image = flow.transform.inverse(torch.zeros(5, 3))[0]
+    torch.testing.assert_close(flow.sample(5, temperature=0.0), zero_noise_image)
+    torch.manual_seed(1)
+    noise = torch.randn(4, 3)
+    torch.manual_seed(1)
+    cold = flow.sample(4, temperature=0.5)
+    torch.testing.assert_close(cold, flow.transform.inverse(0.5 * noise)[0])
+    nflows_base = fj.Flow(flow.transform, NflowsStandardNormal([3]))
+    with pytest.raises(ValueError, match="temperature=0.5 needs a flowjoint base"):
+        nflows_base.sample(2, temperature=0.5)
+
+
+def test_empty_batches_give_empty_results():
+    flow = fj.realnvp(2, 2, 8, context_features=1)
+    assert flow.sample(3, context=torch.zeros(0, 1)).shape == (0, 3, 2)
+    samples, log_prob = flow.sample_and_log_prob(3, context=torch.zeros(0, 1))
+    assert samples.shape == (0, 3, 2) and log_prob.shape == (0, 3)
+    assert flow.log_prob(torch.zeros(0, 2), torch.zeros(0, 1)).shape == (0,)
+    assert flow.elbo(torch.zeros(0, 2), torch.zeros(0, 1)).shape == (0,)
+    stochastic = fj.realnvp(2, 2, 8, preprocessing=[fj.UniformDequantization(4)])
+    assert stochastic.elbo(torch.zeros(0, 2)).shape == (0,)
+    assert stochastic.iwae(torch.zeros(0, 2), 5).shape == (0,)
+    assert stochastic.log_weights(torch.zeros(0, 2), num_samples=3).shape == (0, 3)
+
+
+def test_one_row_batches():
+    flow = fj.realnvp(2, 2, 8, preprocessing=[fj.UniformDequantization(4)])
+    x = torch.tensor([[1.0, 3.0]])
+    assert flow.elbo(x).shape == (1,) and flow.iwae(x, 4).shape == (1,)
+
+
+def test_actnorm_on_images_standardises_each_channel_over_batch_and_positions():
+    x = torch.randn(8, 3, 5, 5) * torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1) + 4.0
+    layer = fj.ActNorm(3)
+    y, logabsdet = layer(x)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(y.std((0, 2, 3)), torch.ones(3), rtol=0, atol=1e-4)
+    torch.testing.assert_close(logabsdet, (25 * layer.log_scale.sum()).expand(8))

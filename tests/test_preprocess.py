@@ -1,25 +1,24 @@
+"""Preprocessing layers (Scale, Logit) and the units of reported numbers.
+
+Preprocessing is layers of the stack: a model of pixels is ``[dequantization, Scale,
+Logit, ...flow]`` and its log-density counts every preprocessing log-det.
+"""
+
 import math
 
 import pytest
 import torch
 
-from flowjoint import realnvp
-from flowjoint.preprocess import (
-    Logit,
-    Preprocessed,
-    Scale,
-    bits_per_dim_to_nats,
-    nats_to_bits_per_dim,
-    nll_to_level_scale,
-    pixel_preprocessing,
-)
+from flowjoint import Compose, Flow, StandardNormal, realnvp
+from flowjoint.preprocess import Logit, Scale, pixel_preprocessing
 from flowjoint.testing import check_transform
+from flowjoint.units import bits_per_dim_to_nats, nats_to_bits_per_dim, nll_to_level_scale
 
 TRANSFORMS = {
     "scale": lambda: Scale(1 / 17),
     "logit": lambda: Logit(0.05),
     "logit_plain": lambda: Logit(0.0),
-    "pixels": lambda: pixel_preprocessing(17, alpha=0.1),
+    "pixels": lambda: Compose(pixel_preprocessing(17, alpha=0.1, dequantization="none")),
 }
 
 
@@ -61,21 +60,36 @@ def test_preprocessing_bad_arguments():
         Logit()(torch.tensor([[1.5]]))
     with pytest.raises(ValueError, match="levels"):
         pixel_preprocessing(1)
+    with pytest.raises(ValueError, match="dequantization must be"):
+        pixel_preprocessing(17, dequantization="gaussian")
+    with pytest.raises(ValueError, match="shape is required"):
+        pixel_preprocessing(17, dequantization="variational")
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        Logit(float("nan"))
 
 
-def test_preprocessed_density_is_the_change_of_variables():
-    # A standard-normal flow on logit space, seen on the pixel scale, must integrate
-    # the same as the analytic density; check against the formula written separately.
+def test_logit_validate_reads_values_and_can_be_switched_off():
+    x = torch.tensor([[1.5, float("nan")]])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        Logit(0.05)(x)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        Logit(0.05)(torch.tensor([[float("nan")]]))  # NaN is outside the domain too
+    y, _ = Logit(0.05, validate=False)(x)
+    assert y.isnan().any()
+
+
+def test_a_stack_with_preprocessing_is_the_change_of_variables():
+    """[Scale, Logit, flow]: log p(x) = log p_flow(h) + log|dh/dx|, written out by hand."""
     torch.manual_seed(0)
     flow = realnvp(3, num_layers=2).double()
-    model = Preprocessed(flow, pixel_preprocessing(17, alpha=0.05))
+    layers = pixel_preprocessing(17, alpha=0.05, dequantization="none")
+    model = Flow(Compose([*layers, *flow.transform]), flow.base)
     x = torch.rand(10, 3, dtype=torch.float64) * 17
     s = 0.05 + 0.9 * x / 17
     h = torch.log(s / (1 - s))
     by_hand = flow.log_prob(h) + torch.log(0.9 / (17 * s * (1 - s))).sum(-1)
     torch.testing.assert_close(model.log_prob(x), by_hand)
-    torch.testing.assert_close(model(x), by_hand)  # no elbo: objective is log_prob
-    assert not hasattr(model, "elbo") and not hasattr(model, "iwae")
+    torch.testing.assert_close(model.elbo(x), by_hand)  # bijective: elbo is log_prob
     samples = model.sample(50)
     # the logit's image of [0, 1] is squeezed: its support is (-a, 1 + a) * 17, a = 0.05 / 0.9
     margin = 17 * 0.05 / 0.9
@@ -83,37 +97,29 @@ def test_preprocessed_density_is_the_change_of_variables():
     assert samples.min() > -margin and samples.max() < 17 + margin
 
 
-def test_preprocessed_density_integrates_to_one():
+def test_a_preprocessed_density_integrates_to_one():
     # Numerical integral of exp(log p(x)) over the support of the squeezed logit,
     # ((0 - a) / (1 - 2a), (1 - a) / (1 - 2a)) * levels, equals 1.
-    flow = realnvp(2, num_layers=2).double()
-    model = Preprocessed(flow, pixel_preprocessing(4, alpha=0.1))
+    flow = realnvp(2, num_layers=2, preprocessing=pixel_preprocessing(4, 0.1, "none")).double()
     lo, hi = -0.1 / 0.8 * 4, 0.9 / 0.8 * 4
     grid = torch.linspace(lo, hi, 401, dtype=torch.float64)[1:-1]
     xx, yy = torch.meshgrid(grid, grid, indexing="ij")
     pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
     with torch.no_grad():
-        density = model.log_prob(pts).exp().reshape(len(grid), len(grid))
+        density = Flow(flow.transform, StandardNormal(2)).log_prob(pts).exp()
     step = (hi - lo) / 400
     assert density.sum().item() * step**2 == pytest.approx(1.0, abs=0.01)
 
 
-class _Bound(torch.nn.Module):
-    def elbo(self, x):
-        return -x.square().sum(-1)
-
-    def iwae(self, x, num_samples):
-        return -x.square().sum(-1) + math.log(num_samples)
-
-
-def test_preprocessed_shifts_bounds_by_logabsdet():
-    pre = pixel_preprocessing(17)
-    model = Preprocessed(_Bound(), pre)
-    x = torch.rand(4, 3) * 17
-    h, logabsdet = pre(x)
-    torch.testing.assert_close(model.elbo(x), -h.square().sum(-1) + logabsdet)
-    torch.testing.assert_close(model(x), model.elbo(x))
-    torch.testing.assert_close(model.iwae(x, 10), -h.square().sum(-1) + math.log(10) + logabsdet)
+def test_preprocessing_on_images_counts_every_pixel():
+    """Scale and Logit on (batch, C, H, W): the log-det sums over the whole event."""
+    x = torch.rand(4, 2, 3, 3, dtype=torch.float64)
+    flat = x.flatten(1)
+    for layer in (Scale(0.25), Logit(0.05)):
+        y, logabsdet = layer(x)
+        y_flat, logabsdet_flat = layer(flat)
+        torch.testing.assert_close(y.flatten(1), y_flat)
+        torch.testing.assert_close(logabsdet, logabsdet_flat)
 
 
 def test_nice_published_figure_in_bits_per_dim():

@@ -12,6 +12,11 @@ from flowjoint.testing import check_transform, randomize_parameters
 MASK = torch.tensor([False, True, True, False])
 
 
+class Coupling(fj.AffineCoupling):
+    def _shift_and_log_scale(self, kept):
+        return self.elementwise.function.shift_and_log_scale(self.elementwise.params(kept))
+
+
 class WrongSign(fj.AffineCoupling):
     """Negated log-det in both directions, so that they still cancel."""
 
@@ -30,26 +35,26 @@ class OneSidedSign(fj.AffineCoupling):
         return outputs, -logabsdet
 
 
-class MissingTerm(fj.AffineCoupling):
+class MissingTerm(Coupling):
     """Drops the log-scale of the last transformed feature, consistently both ways."""
 
     def forward(self, inputs, context=None):
         kept, transformed = self.split(inputs)
-        shift, log_scale = self.elementwise.shift_and_log_scale(kept)
+        shift, log_scale = self._shift_and_log_scale(kept)
         outputs = self.merge(kept, shift + log_scale.exp() * transformed)
         return outputs, log_scale[:, :-1].sum(-1)
 
     def inverse(self, inputs, context=None):
         outputs, _ = super().inverse(inputs, context)
         kept, _ = self.split(inputs)
-        _, log_scale = self.elementwise.shift_and_log_scale(kept)
+        _, log_scale = self._shift_and_log_scale(kept)
         return outputs, -log_scale[:, :-1].sum(-1)
 
 
-class WrongInverse(fj.AffineCoupling):
+class WrongInverse(Coupling):
     def inverse(self, inputs, context=None):
         kept, transformed = self.split(inputs)
-        shift, log_scale = self.elementwise.shift_and_log_scale(kept)
+        shift, log_scale = self._shift_and_log_scale(kept)
         outputs = self.merge(kept, transformed * torch.exp(-log_scale) - shift)  # bug
         return outputs, -log_scale.sum(-1)
 
@@ -128,6 +133,65 @@ def test_harness_catches_state_lost_in_state_dict():
 
     with pytest.raises(AssertionError, match="state_dict"):
         check_transform(Drifting(), 4)
+
+
+class StaleInverse(fj.Permutation):
+    """Today's permutation before the fix: the inverse index is not rebuilt on load."""
+
+    def __init__(self, features, seed):
+        generator = torch.Generator().manual_seed(seed)
+        super().__init__(torch.randperm(features, generator=generator))
+        self._load_state_dict_pre_hooks.clear()
+
+
+class StaleMask(fj.AffineCoupling):
+    """A coupling whose index buffers are not rebuilt when another mask is loaded."""
+
+    def _load_mask(self, *args):
+        pass
+
+
+def test_harness_catches_state_derived_from_a_saved_buffer_going_stale():
+    """Loading into a layer built with other arguments must compute like the saved one."""
+    check_transform(fj.RandomPermutation(5, seed=0), 5, reload_into=fj.RandomPermutation(5, seed=1))
+    with pytest.raises(AssertionError, match="other arguments computes differently"):
+        check_transform(StaleInverse(5, 0), 5, reload_into=StaleInverse(5, 1))
+    mask = torch.tensor([False, True, False, True])
+    check_transform(fj.AffineCoupling(mask, 8), 4, reload_into=fj.AffineCoupling(~mask, 8))
+    with pytest.raises(AssertionError, match="other arguments computes differently"):
+        check_transform(StaleMask(mask, 8), 4, reload_into=StaleMask(~mask, 8))
+
+
+class WrongAugment(fj.Augment):
+    """The contribution with the wrong sign: +log N(eps)."""
+
+    def forward(self, inputs, context=None, num_samples=1):
+        state, log_weight = super().forward(inputs, context, num_samples)
+        return state, -log_weight
+
+
+class LossyDequantization(fj.UniformDequantization):
+    """A generative direction that rounds instead of flooring."""
+
+    def inverse(self, inputs, context=None):
+        return inputs.round(), inputs.new_full((inputs.shape[0],), float("nan"))
+
+
+def _minus_log_normal(inputs, outputs, context):
+    return -torch.distributions.Normal(0.0, 1.0).log_prob(outputs.latent).sum(-1)
+
+
+def test_harness_catches_stochastic_layer_bugs():
+    check_transform(fj.Augment(2), 3, reference_log_weight=_minus_log_normal)
+    with pytest.raises(AssertionError, match="reference density"):
+        check_transform(WrongAugment(2), 3, reference_log_weight=_minus_log_normal)
+    levels = torch.randint(0, 4, (6, 3)).double()
+    zero = lambda x, y, c: torch.zeros(x.shape[0], dtype=x.dtype)  # noqa: E731
+    check_transform(fj.UniformDequantization(4), inputs=levels, reference_log_weight=zero)
+    with pytest.raises(AssertionError, match="does not recover the input"):
+        check_transform(LossyDequantization(4), inputs=levels, reference_log_weight=zero)
+    with pytest.raises(TypeError, match="reference_log_weight is required"):
+        check_transform(fj.Augment(2), 3)
 
 
 def test_harness_leaves_the_layer_untouched():

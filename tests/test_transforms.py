@@ -74,4 +74,4 @@ def test_module_apply_still_recurses():
     flow = fj.realnvp(4, num_layers=2, hidden_features=8)
     seen = []
     flow.apply(lambda module: seen.append(type(module).__name__))
-    assert seen.count("ConditionalAffine") == 2 and "Linear" in seen
+    assert seen.count("ConditionalElementwise") == 2 and "Linear" in seen
