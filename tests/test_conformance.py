@@ -92,9 +92,11 @@ LAYERS = {
             spline(d, c),
         ]
     ),
-    "realnvp": lambda d, c, o: fj.realnvp(
-        d, 4, 16, context_features=c, mask_pattern="checkerboard" if o else "halves"
-    ).transform,
+    "realnvp": lambda d, c, o: (
+        fj.realnvp(
+            d, 4, 16, context_features=c, mask_pattern="checkerboard" if o else "halves"
+        ).transform
+    ),
     "nice": lambda d, c, o: fj.nice(d, 4, 16, context_features=c).transform,
 }
 

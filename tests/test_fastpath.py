@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import flowjoint as fj
-from flowjoint.transforms import has_hooks
 from flowjoint.testing import randomize_parameters
+from flowjoint.transforms import has_hooks
 
 
 def layer_by_layer(compose, inputs, context=None, inverse=False):

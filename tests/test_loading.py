@@ -75,7 +75,9 @@ def test_coupling_layout_changes_with_the_loaded_mask():
 
 def test_a_mask_with_other_counts_is_refused_on_load():
     saved = fj.AffineCoupling(torch.tensor([False, True, True, True]), 8, net=torch.nn.Linear(1, 6))
-    loaded = fj.AffineCoupling(torch.tensor([True, False, False, True]), 8, net=torch.nn.Linear(2, 4))
+    loaded = fj.AffineCoupling(
+        torch.tensor([True, False, False, True]), 8, net=torch.nn.Linear(2, 4)
+    )
     with pytest.raises(ValueError, match="3 transformed entries into a coupling"):
         loaded.load_state_dict(saved.state_dict())
 

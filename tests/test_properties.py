@@ -117,7 +117,13 @@ def check(layer, features, context_features, batch_size, dtype, seed=0):
     kwargs = dict(randomize=None, seed=seed)
     if dtype == torch.float64:
         return check_transform(
-            layer, features, context_features, batch_size, dtype=dtype, tolerance=FLOAT64_TOL, **kwargs
+            layer,
+            features,
+            context_features,
+            batch_size,
+            dtype=dtype,
+            tolerance=FLOAT64_TOL,
+            **kwargs,
         )
     # float32: run the harness without its absolute tolerance, then bound the errors
     # relative to the magnitude of the values (and, for the inverse, the condition
