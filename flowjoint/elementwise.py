@@ -23,7 +23,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from nflows.transforms import Transform
 from nflows.transforms.splines import unconstrained_rational_quadratic_spline
 from torch import Tensor, nn
 
@@ -37,6 +36,7 @@ from flowjoint.checks import (
     sum_event,
 )
 from flowjoint.nets import MLP
+from flowjoint.transforms import Transform, repeat_rows
 
 __all__ = [
     "AdditiveMap",
@@ -193,17 +193,6 @@ class SplineMap(ElementwiseMap):
         return self._run(inputs, params, inverse=True)
 
 
-def _repeat_rows(params: Tensor, rows: int) -> Tensor:
-    """``params`` computed once per context row, repeated for the ``rows`` inputs it conditions.
-
-    A context row conditions ``rows // len(params)`` consecutive input rows (the draws
-    of a stochastic layer for one example).
-    """
-    if params.shape[0] == rows:
-        return params
-    return params.repeat_interleave(rows // params.shape[0], dim=0)
-
-
 class ConditionalElementwise(Transform):
     """Element-wise map whose parameters a network computes from a context.
 
@@ -286,7 +275,7 @@ class ConditionalElementwise(Transform):
 
     def conditioned_params(self, inputs: Tensor, context: Tensor) -> Tensor:
         """:meth:`params` for ``inputs``, repeated if a context row conditions several rows."""
-        return _repeat_rows(self.params(context, inputs.shape[2:]), inputs.shape[0])
+        return repeat_rows(self.params(context, inputs.shape[2:]), inputs.shape[0])
 
     # Unchecked maps, for callers that checked already (couplings, stochastic layers).
     def run(self, inputs: Tensor, context: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:

@@ -26,15 +26,9 @@ from flowjoint.checks import (
     check_positive_int,
 )
 from flowjoint.distributions import BaseDistribution
-from flowjoint.transforms import Transform, is_stochastic, stochastic_layers
+from flowjoint.transforms import Transform, is_stochastic, repeat_rows, stochastic_layers
 
 __all__ = ["Flow"]
-
-
-def _expand_rows(value: Tensor | None, rows: int) -> Tensor | None:
-    if value is None or value.shape[0] == rows or value.shape[0] == 0:
-        return value
-    return value.repeat_interleave(rows // value.shape[0], dim=0)
 
 
 class Flow(Distribution):
@@ -149,7 +143,7 @@ class Flow(Distribution):
             log_prob = self._log_prob(inputs, context)
             return log_prob.unsqueeze(1).expand(-1, num_samples)
         noise, total = self.transform(inputs, context=context, num_samples=num_samples)
-        context = _expand_rows(context, total.shape[0])
+        context = repeat_rows(context, total.shape[0])
         log_weight = self.base.log_prob(noise, context=context) + total
         return log_weight.view(inputs.shape[0], num_samples)
 

@@ -40,7 +40,7 @@ from flowjoint.checks import (
 from flowjoint.distributions import standard_normal_log_prob
 from flowjoint.elementwise import ConditionalAffine
 from flowjoint.nets import MLP, ResidualConvNet
-from flowjoint.transforms import StochasticTransform
+from flowjoint.transforms import StochasticTransform, repeat_rows
 
 __all__ = [
     "Augment",
@@ -66,13 +66,6 @@ class AugmentedState(NamedTuple):
 
     data: Tensor
     latent: Tensor
-
-
-def repeat_rows(value: Tensor, rows: int) -> Tensor:
-    """``value`` ``(n, ...)`` with each row repeated ``rows // n`` times (consecutively)."""
-    if value.shape[0] == rows or value.shape[0] == 0:
-        return value
-    return value.repeat_interleave(rows // value.shape[0], dim=0)
 
 
 def _nan(rows: int, like: Tensor) -> Tensor:

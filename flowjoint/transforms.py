@@ -46,6 +46,7 @@ __all__ = [
     "Transform",
     "has_hooks",
     "is_stochastic",
+    "repeat_rows",
     "stochastic_layers",
 ]
 
@@ -153,8 +154,13 @@ def _rows(state: object) -> int:
     return state[-1].shape[0]
 
 
-def _expand_rows(value: Tensor | None, rows: int) -> Tensor | None:
-    """Repeat each row of ``value`` for the draws a stochastic layer made from it."""
+def repeat_rows(value: Tensor | None, rows: int) -> Tensor | None:
+    """``value`` ``(n, ...)`` with each row repeated ``rows // n`` times, consecutively.
+
+    After a stochastic layer drew ``K`` outputs per row, row ``i`` of what came before
+    it (a context, a log-det) belongs to output rows ``i K .. i K + K - 1``. ``None``
+    and tensors that already have ``rows`` rows are returned as they are.
+    """
     if value is None or value.shape[0] == rows or value.shape[0] == 0:
         return value
     return value.repeat_interleave(rows // value.shape[0], dim=0)
@@ -249,8 +255,8 @@ class Compose(Transform):
                 elif is_stochastic(layer):
                     outputs, logabsdet = layer(outputs, context, num_samples=num_samples)
                     num_samples = 1  # the layers after it see one row per draw
-                    context = _expand_rows(context, logabsdet.shape[0])
-                    total = _expand_rows(total, logabsdet.shape[0])
+                    context = repeat_rows(context, logabsdet.shape[0])
+                    total = repeat_rows(total, logabsdet.shape[0])
                 else:
                     outputs, logabsdet = layer(outputs, context)
             total = logabsdet if total is None else total + logabsdet
