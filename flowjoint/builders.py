@@ -34,14 +34,16 @@ def coupling_flow(
     Args:
         features: ``D``.
         num_layers: coupling layers.
-        hidden_features, num_hidden_layers: each conditioner MLP's width and depth.
+        hidden_features: each conditioner MLP's width.
+        num_hidden_layers: each conditioner MLP's depth.
         context_features: width of an external context.
-        mask_pattern: ``"halves"`` or ``"checkerboard"`` (:func:`alternating_masks`).
+        mask_pattern: ``"halves"`` or ``"checkerboard"``
+            ([`alternating_masks`][flowjoint.alternating_masks]).
         coupling: the element-wise map: ``"additive"`` (NICE), ``"affine"`` (Real NVP)
             or ``"spline"`` (rational-quadratic).
-        actnorm: an :class:`~flowjoint.ActNorm` before each coupling.
+        actnorm: an [`ActNorm`][flowjoint.ActNorm] before each coupling.
         preprocessing: layers put first in the stack (dequantization, scaling,
-            logit; see :func:`flowjoint.preprocess.pixel_preprocessing`).
+            logit; see [`pixel_preprocessing`][flowjoint.pixel_preprocessing]).
         **map_options: passed to the coupling (``log_scale_bound`` for affine,
             ``num_bins`` and ``tail_bound`` for spline).
     """
@@ -74,7 +76,7 @@ def nice(
 ) -> Flow:
     """NICE: additive couplings on alternating masks, then a diagonal scaling.
 
-    The diagonal scaling is an :class:`ActNorm` (initialised from the first batch),
+    The diagonal scaling is an [`ActNorm`][flowjoint.ActNorm] (initialised from the first batch),
     NICE's only volume-changing layer.
 
     References:

@@ -4,7 +4,7 @@ Each check raises ``TypeError`` or ``ValueError`` naming the argument and the va
 it got, and returns the (possibly normalised) value so that constructors read
 ``self.features = check_positive_int(features, "features")``. None of them reads
 tensor values (no device synchronisation), except where the name says so
-(:func:`check_finite_values`).
+(`check_finite_values`).
 """
 
 from __future__ import annotations

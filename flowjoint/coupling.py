@@ -2,7 +2,7 @@
 
 A coupling layer splits its inputs by a bool ``mask`` (**True marks a transformed
 entry**, False an entry passed through unchanged), applies a conditional
-element-wise map (:class:`~flowjoint.elementwise.ConditionalElementwise`) to the
+element-wise map ([`ConditionalElementwise`][flowjoint.ConditionalElementwise]) to the
 transformed part with the unchanged part (and any external context) as its
 context, and merges::
 
@@ -60,9 +60,9 @@ class Coupling(BlockTransform):
     """Split by ``mask``, apply a conditional element-wise map to one part, merge.
 
     1-D masks that split dimension 1 into two contiguous blocks (``[F..F T..T]`` or
-    ``[T..T F..F]``) use views and one concatenation, and a :class:`~flowjoint.Compose`
+    ``[T..T F..F]``) use views and one concatenation, and a [`Compose`][flowjoint.Compose]
     of such layers sharing the split point concatenates only once (see
-    :class:`~flowjoint.transforms.BlockTransform`); other 1-D masks gather with
+    `BlockTransform`); other 1-D masks gather with
     index tensors derived from the mask. Every derived tensor is rebuilt when a
     ``state_dict`` with another mask is loaded, so the loaded layer computes with
     the loaded mask.
@@ -77,7 +77,7 @@ class Coupling(BlockTransform):
         context_features: size of dimension 1 of an external context, concatenated
             to the conditioner's input along dimension 1.
         net: optional conditioner (see the module docstring for its shapes).
-        elementwise: the element-wise map (:class:`~flowjoint.elementwise.AffineMap`,
+        elementwise: the element-wise map ([`AffineMap`][flowjoint.AffineMap],
             ``AdditiveMap``, ``SplineMap`` or your own).
         zero_init: start the default conditioner's last layer at zero, so that a
             fresh layer is the identity.
@@ -193,7 +193,7 @@ class Coupling(BlockTransform):
         return kept, transformed
 
     def merge(self, kept: Tensor, transformed: Tensor) -> Tensor:
-        """Inverse of :meth:`split`."""
+        """Inverse of `split`."""
         if self._layout == "kept_first":
             return torch.cat([kept, transformed], dim=1)
         if self._layout == "transformed_first":
@@ -230,7 +230,7 @@ class Coupling(BlockTransform):
     def forward_blocks(
         self, first: Tensor, second: Tensor, context: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`forward` on ``cat([first, second], 1)`` split at ``block_split``.
+        """`forward` on ``cat([first, second], 1)`` split at ``block_split``.
 
         Returns the two output blocks and logabsdet ``(batch,)``; only ``context`` is
         checked (the caller splits a checked tensor).
@@ -240,7 +240,7 @@ class Coupling(BlockTransform):
     def inverse_blocks(
         self, first: Tensor, second: Tensor, context: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`inverse` on ``cat([first, second], 1)`` split at ``block_split``."""
+        """`inverse` on ``cat([first, second], 1)`` split at ``block_split``."""
         return self._map_blocks(first, second, context, inverse=True)
 
     def _map_blocks(
@@ -290,7 +290,7 @@ class AdditiveCoupling(Coupling):
     """NICE's additive coupling: ``y_B = x_B + shift(x_A, c)``, logabsdet 0.
 
     ``mask`` True marks a transformed entry (``B``); False ones (``A``) pass through.
-    See :class:`Coupling` for the arguments.
+    See [`Coupling`][flowjoint.Coupling] for the arguments.
 
     Example:
         >>> import torch
@@ -326,7 +326,7 @@ class AffineCoupling(Coupling):
 
     ``logabsdet = sum(s)``, with ``s = soft_clamp(raw, log_scale_bound)``: by default
     one layer may scale by up to ``exp(±3)``; ``None`` is unbounded. ``mask`` True
-    marks a transformed entry. See :class:`Coupling` for the other arguments.
+    marks a transformed entry. See [`Coupling`][flowjoint.Coupling] for the other arguments.
 
     Example:
         >>> import torch
@@ -362,10 +362,10 @@ class SplineCoupling(Coupling):
     """Rational-quadratic spline coupling: ``y_B = spline(x_B; theta(x_A, c))``.
 
     Monotonic splines with ``num_bins`` bins on ``[-tail_bound, tail_bound]`` and the
-    identity outside (:class:`~flowjoint.elementwise.SplineMap`); the conditioner
+    identity outside ([`SplineMap`][flowjoint.SplineMap]); the conditioner
     gives ``3 * num_bins - 1`` parameters per transformed entry. More flexible than
     the affine map for multi-modal conditionals (thin rings, sharp edges).
-    See :class:`Coupling` for the other arguments.
+    See [`Coupling`][flowjoint.Coupling] for the other arguments.
 
     Example:
         >>> import torch

@@ -2,8 +2,8 @@
 
 An element-wise map ``y = h(x; theta)`` acts on every scalar of ``x`` with its own
 parameters ``theta``, so its Jacobian is diagonal. A conditioner network computes
-``theta`` from a context ``c``; the result, :class:`ConditionalElementwise`, is the
-building block shared by coupling layers (``c`` = the kept part), the VAE's
+``theta`` from a context ``c``; the result,
+[`ConditionalElementwise`][flowjoint.ConditionalElementwise], is the building block shared by coupling layers (``c`` = the kept part), the VAE's
 reparametrization (``c = x``, the map acts on ``eps``) and variational
 dequantization::
 
@@ -84,8 +84,8 @@ class AffineMap(ElementwiseMap):
     """``y = shift + exp(log_scale) * x``, ``log_scale = soft_clamp(raw, log_scale_bound)``.
 
     Args:
-        log_scale_bound: soft bound on the log-scale (:func:`soft_clamp`). The default 3
-            lets one layer scale by ``exp(±3)`` (between 0.05 and 20) while keeping a
+        log_scale_bound: soft bound on the log-scale ([`soft_clamp`][flowjoint.soft_clamp]).
+            The default 3 lets one layer scale by ``exp(±3)`` (between 0.05 and 20) while keeping a
             badly initialised or diverging conditioner from producing ``inf``; ``None``
             means unbounded (``scale = exp(raw)``). At most 80, beyond which ``exp``
             overflows in float32.
@@ -137,8 +137,11 @@ class SplineMap(ElementwiseMap):
     Args:
         num_bins: number of bins ``K`` (>= 2).
         tail_bound: half-width ``B`` of the interval where the spline acts.
-        min_bin_width, min_bin_height, min_derivative: floors that keep the spline
-            strictly monotonic and invertible in floating point (nflows' defaults).
+        min_bin_width: floor on a bin's width, as a fraction of the interval; with
+            the other two floors it keeps the spline strictly monotonic and
+            invertible in floating point (nflows' defaults).
+        min_bin_height: floor on a bin's height, as a fraction of the interval.
+        min_derivative: floor on the derivative at the knots.
 
     References:
         Neural Spline Flows. Durkan, Bekasov, Murray, Papamakarios, 2019.
@@ -206,15 +209,17 @@ class ConditionalElementwise(Transform):
     same example): the network then runs once per context row.
 
     Args:
-        elementwise: the map ``h`` (:class:`AffineMap`, :class:`AdditiveMap`,
-            :class:`SplineMap` or your own :class:`ElementwiseMap`).
+        elementwise: the map ``h`` ([`AffineMap`][flowjoint.AffineMap],
+            [`AdditiveMap`][flowjoint.AdditiveMap], [`SplineMap`][flowjoint.SplineMap] or
+            your own [`ElementwiseMap`][flowjoint.ElementwiseMap]).
         features: the event shape of ``x``: an int ``n`` for vectors ``(batch, n)``, or
             a shape such as ``(C, H, W)``.
         context_features: size of dimension 1 of the context (>= 1).
         net: module mapping the context ``(batch, context_features, *rest)`` to
             ``(batch, num_params * n, *rest)``; required unless both are vectors, where
             the default is an MLP.
-        hidden_features, num_hidden_layers: the default MLP's width and depth.
+        hidden_features: the default MLP's width.
+        num_hidden_layers: the default MLP's depth.
         zero_init: start the default MLP's last layer at zero (for the affine,
             additive and spline maps, a fresh layer is then the identity).
     """
@@ -274,7 +279,7 @@ class ConditionalElementwise(Transform):
         return params
 
     def conditioned_params(self, inputs: Tensor, context: Tensor) -> Tensor:
-        """:meth:`params` for ``inputs``, repeated if a context row conditions several rows."""
+        """`params` for ``inputs``, repeated if a context row conditions several rows."""
         return repeat_rows(self.params(context, inputs.shape[2:]), inputs.shape[0])
 
     # Unchecked maps, for callers that checked already (couplings, stochastic layers).
@@ -323,8 +328,8 @@ class ConditionalAffine(ConditionalElementwise):
             to ``(batch, n)`` if additive, else ``(batch, 2n)`` (the shift, then the
             unconstrained log-scale, in that order).
         additive: fix the scale at 1 (NICE's additive coupling).
-        log_scale_bound: the soft bound of :func:`soft_clamp` on the log-scale
-            (see :class:`AffineMap`); ``None`` means unbounded.
+        log_scale_bound: the soft bound of [`soft_clamp`][flowjoint.soft_clamp] on the log-scale
+            (see [`AffineMap`][flowjoint.AffineMap]); ``None`` means unbounded.
         zero_init: start the default MLP's last layer at zero, so a fresh layer is
             the identity (``shift = 0``, ``scale = 1``).
 

@@ -2,7 +2,7 @@
 
 Along the stack, ``log_weight = sum_i contribution_i + log p_base(noise)``, where a
 bijection contributes its log-det and a stochastic layer its one-sample likelihood
-contribution (:mod:`flowjoint.transforms`). For a bijective stack ``log_weight`` is
+contribution (`transforms`). For a bijective stack ``log_weight`` is
 the exact ``log p(x)``; otherwise it is a one-sample lower bound, and::
 
     elbo(x) = mean_k log_weight_k          # E_q[log_weight] <= log p(x)
@@ -37,7 +37,7 @@ class Flow(Distribution):
     ``f`` is the transform in the data -> noise direction; sampling draws from the
     base and applies ``f.inverse``. Gradients flow through both directions. When
     ``f`` holds a stochastic layer (augmentation, dequantization), ``log_prob`` has
-    no closed form and raises; :meth:`elbo` and :meth:`iwae` work for every stack and
+    no closed form and raises; `elbo` and `iwae` work for every stack and
     equal ``log_prob`` on a bijective one.
 
     Non-finite inputs: a row of ``inputs`` (or ``context``) holding NaN or +-inf gets a
@@ -46,7 +46,7 @@ class Flow(Distribution):
     ``ActNorm``'s first call and ``BatchNorm`` in training mode use batch statistics).
 
     Args:
-        transform: a flowjoint or nflows transform (a :class:`~flowjoint.Compose` of
+        transform: a flowjoint or nflows transform (a [`Compose`][flowjoint.Compose] of
             layers, stochastic ones included).
         base: a flowjoint or nflows distribution on the transform's outputs.
         validate: check that ``inputs`` and ``context`` are finite at every public
@@ -114,8 +114,8 @@ class Flow(Distribution):
         """Exact log-density of ``inputs`` ``(batch, *event)`` given ``context``; ``(batch,)``.
 
         Raises:
-            ValueError: the stack holds a stochastic layer (use :meth:`elbo` or
-                :meth:`iwae`).
+            ValueError: the stack holds a stochastic layer (use `elbo` or
+                `iwae`).
         """
         self._check(inputs, context)
         self._refuse_stochastic("log_prob")

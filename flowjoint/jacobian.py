@@ -68,7 +68,7 @@ def jacobian(
 
     Args:
         transform: any flowjoint or nflows bijection.
-        inputs: ``(batch, *event)``, or an :class:`~flowjoint.AugmentedState`.
+        inputs: ``(batch, *event)``, or an [`AugmentedState`][flowjoint.AugmentedState].
         context: ``(batch, context_features)`` or ``None``.
         inverse: differentiate ``transform.inverse`` instead.
 
@@ -107,7 +107,7 @@ def check_logabsdet(
 
     Args:
         transform: any flowjoint or nflows bijection.
-        inputs: ``(batch, *event)`` or an :class:`~flowjoint.AugmentedState`.
+        inputs: ``(batch, *event)`` or an [`AugmentedState`][flowjoint.AugmentedState].
         context: ``(batch, context_features)`` or ``None``.
         inverse: also check ``transform.inverse``.
 
@@ -214,7 +214,8 @@ def plot_jacobian_patterns(
     outlined, so that the triangular pattern shows.
 
     Args:
-        jacobians: title -> ``((batch,) D, D)`` Jacobian, e.g. from :func:`jacobian`.
+        jacobians: title -> ``((batch,) D, D)`` Jacobian, e.g. from
+            [`jacobian`][flowjoint.jacobian.jacobian].
         masks: title -> mask ``(D,)`` (True = transformed) for the panels to reorder.
         path: if given, the figure is saved there (PNG, 150 dpi).
 

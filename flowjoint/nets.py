@@ -192,7 +192,7 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Vector ``(batch, in_features)`` to an image ``(batch, out_channels, H, W)``.
 
-    The mirror of :class:`ConvEncoder`: a hidden linear layer, a linear map to the
+    The mirror of [`ConvEncoder`][flowjoint.ConvEncoder]: a hidden linear layer, a linear map to the
     smallest feature map, then per level a bilinear upsampling to the encoder's
     size at that level and a 3x3 convolution, halving the channels; the last
     convolution gives ``out_channels`` (e.g. ``C`` Bernoulli logits or ``2C`` for a
@@ -202,7 +202,9 @@ class ConvDecoder(nn.Module):
         in_features: input width ``d``.
         image_shape: ``(C, H, W)`` of the image the decoder describes.
         out_channels: output channels.
-        hidden_channels, num_downsamples, hidden_features: as for the encoder.
+        hidden_channels: as for the encoder (channels at full resolution).
+        num_downsamples: as for the encoder.
+        hidden_features: as for the encoder.
         zero_init: start the last convolution at zero.
     """
 

@@ -2,8 +2,8 @@
 
 A model of pixel data is one stack, e.g. ``[UniformDequantization(levels),
 Scale(1 / levels), Logit(alpha), ...flow layers]``: dequantization gives
-``x + u`` on the data's original scale ``[0, levels)^D``, :class:`Scale` maps it to
-``[0, 1)`` and :class:`Logit` to the real line. Because the preprocessing layers are
+``x + u`` on the data's original scale ``[0, levels)^D``, [`Scale`][flowjoint.Scale] maps it to
+``[0, 1)`` and [`Logit`][flowjoint.Logit] to the real line. Because the preprocessing layers are
 transforms, their log-dets enter the same sum as the flow's, and every number a
 stack reports is a density (or bound) of the data on its original scale: a flow and
 a VAE are compared on the same density.
@@ -145,7 +145,7 @@ def pixel_preprocessing(
 
     Args:
         levels: the number of levels (17 for digits, 256 for MNIST).
-        alpha: the logit squeeze (see :class:`Logit`), or ``None`` for no logit.
+        alpha: the logit squeeze (see [`Logit`][flowjoint.Logit]), or ``None`` for no logit.
         dequantization: ``"uniform"``, ``"variational"`` or ``"none"`` (the data is
             already continuous on ``[0, levels)``).
         shape: the event shape, required for variational dequantization.

@@ -10,7 +10,7 @@ randomised parameters (so no layer is trivially the identity). For a bijection:
 * shapes: outputs of the input's shape, logabsdet ``(batch,)``, dtype kept;
 * entries left unchanged by a coupling (``mask`` False) are bit-identical.
 
-For a stochastic layer (:class:`~flowjoint.StochasticTransform`):
+For a stochastic layer ([`StochasticTransform`][flowjoint.StochasticTransform]):
 
 * ``num_samples`` draws per row: outputs and contribution have ``batch * K`` rows;
 * the contribution equals an independent density the caller supplies
@@ -63,7 +63,7 @@ def randomize_parameters(module: nn.Module, std: float = 0.3, seed: int = 0) -> 
 
 @dataclass(frozen=True)
 class ConformanceReport:
-    """Worst relative errors seen by :func:`check_transform`.
+    """Worst relative errors seen by `check_transform`.
 
     ``inverse_error`` is the round trip's; ``logabsdet_error`` the log-det's against
     the dense Jacobian (bijections) or the contribution's against the reference
@@ -265,7 +265,7 @@ def check_transform(
         mask: True = transformed; entries with False must pass through bit-identical.
             Defaults to ``transform.mask`` if it has one.
         inputs: inputs to use instead of standard normal draws (a layer with a
-            restricted domain, an :class:`~flowjoint.AugmentedState`).
+            restricted domain, an [`AugmentedState`][flowjoint.AugmentedState]).
         context: ``(batch, context_features)``, drawn if not given.
         dtype: the dtype of the check.
         tolerance: on every relative error (see the module docstring); ``inf`` only
@@ -280,7 +280,7 @@ def check_transform(
         num_samples: draws per row for a stochastic layer.
 
     Returns:
-        A :class:`ConformanceReport` with the worst errors seen.
+        A `ConformanceReport` with the worst errors seen.
 
     Raises:
         AssertionError: naming the property that does not hold.

@@ -11,11 +11,11 @@ the log absolute Jacobian determinant of that map, one value per batch item::
 ``inputs`` and ``outputs`` are ``(batch, *event_shape)`` (vectors ``(batch, D)``,
 images ``(batch, C, H, W)``), ``context`` is ``(batch, context_features)`` or
 ``None`` and ``logabsdet`` is ``(batch,)``, with the dtype and device of ``inputs``.
-Every transform here is an :class:`nflows.transforms.Transform`, so flowjoint and
+Every transform here is an `nflows.transforms.Transform`, so flowjoint and
 nflows layers compose in either order.
 
-A **stochastic** layer (:class:`StochasticTransform`; SurVAE Flows' view) draws its
-output in the data -> noise direction, ``outputs ~ q(outputs | inputs)``, and returns
+A **stochastic** layer ([`StochasticTransform`][flowjoint.StochasticTransform]; SurVAE
+Flows' view) draws its output in the data -> noise direction, ``outputs ~ q(outputs | inputs)``, and returns
 in place of the log-det its one-sample likelihood contribution::
 
     outputs, log_weight = f(inputs, context, num_samples=K)  # K draws per input row
@@ -73,7 +73,7 @@ class StochasticTransform(Transform):
 
 
 def is_stochastic(transform: nn.Module) -> bool:
-    """Whether ``transform`` (or any layer of a :class:`Compose`) draws in its forward."""
+    """Whether ``transform`` (or a layer of a [`Compose`][flowjoint.Compose]) draws forward."""
     if isinstance(transform, StochasticTransform):
         return True
     return isinstance(transform, Compose) and transform.stochastic
@@ -118,8 +118,8 @@ class BlockTransform(Transform):
 
     ``forward_blocks(first, second, context)`` returns ``(first, second, logabsdet)``
     and equals ``forward`` on ``cat([first, second], 1)`` split at
-    :attr:`block_split` along dimension 1 (likewise ``inverse_blocks``).
-    :class:`Compose` runs a chain of consecutive block transforms with the same
+    `block_split` along dimension 1 (likewise ``inverse_blocks``).
+    [`Compose`][flowjoint.Compose] runs a chain of consecutive block transforms with the same
     ``(features, block_split)`` on the two blocks, splitting once and concatenating
     once instead of at every layer.
 
@@ -133,7 +133,7 @@ class BlockTransform(Transform):
     features: int
 
     def can_fuse(self) -> bool:
-        """Whether :class:`Compose` may call the block methods instead of ``forward``."""
+        """Whether [`Compose`][flowjoint.Compose] may call the block methods, not ``forward``."""
         return False
 
     def forward_blocks(
@@ -176,9 +176,9 @@ class Compose(Transform):
     ``batch * num_samples`` rows.
 
     Consecutive coupling layers that split their features into the same two
-    contiguous blocks (the ``"halves"`` masks of :func:`~flowjoint.realnvp`) pass the
+    contiguous blocks (the ``"halves"`` masks of [`realnvp`][flowjoint.realnvp]) pass the
     two blocks from one layer to the next and are concatenated once, at the end of
-    the chain (see :class:`BlockTransform`); the result, the gradients and the hooks
+    the chain (see `BlockTransform`); the result, the gradients and the hooks
     are the same as calling each layer in turn (a layer with a hook is called whole).
 
     Args:
@@ -208,7 +208,7 @@ class Compose(Transform):
 
     @property
     def stochastic(self) -> bool:
-        """Whether any layer draws in its forward (see :class:`StochasticTransform`)."""
+        """Whether any layer draws in its forward (a stochastic layer)."""
         return any(is_stochastic(t) for t in self.transforms)
 
     def __len__(self) -> int:

@@ -2,7 +2,7 @@
 
 ``bits/dim = nll_nats / (D * ln 2)`` for the density of ``x + u`` on ``[0, levels)^D``;
 a density of ``(x + u) / levels`` on ``[0, 1]^D`` is converted with
-:func:`nll_to_level_scale` first (``+ D * ln(levels)``).
+`nll_to_level_scale` first (``+ D * ln(levels)``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def nats_to_bits_per_dim(nll_nats: float | Tensor, dims: int) -> float | Tensor:
     """``nll_nats / (dims * ln 2)``: per-example NLL in nats to bits per dimension.
 
     The NLL must be of the density on the data's original scale (``[0, levels)^D`` for
-    dequantized pixels); see :func:`nll_to_level_scale`.
+    dequantized pixels); see `nll_to_level_scale`.
 
     Example:
         >>> round(nats_to_bits_per_dim(nll_to_level_scale(-1980.50, 784, 256), 784), 3)
@@ -31,7 +31,7 @@ def nats_to_bits_per_dim(nll_nats: float | Tensor, dims: int) -> float | Tensor:
 
 
 def bits_per_dim_to_nats(bits: float | Tensor, dims: int) -> float | Tensor:
-    """Inverse of :func:`nats_to_bits_per_dim`: ``bits * dims * ln 2``."""
+    """Inverse of `nats_to_bits_per_dim`: ``bits * dims * ln 2``."""
     check_positive_int(dims, "dims")
     return bits * dims * math.log(2.0)
 

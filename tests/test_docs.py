@@ -22,6 +22,7 @@ DOCS = ROOT / "docs"
 PAGES_WITH_CODE = [
     "index.md",
     "guide/flows.md",
+    "guide/stack.md",
     "guide/vae.md",
     "guide/jacobians.md",
     "guide/training.md",
@@ -44,8 +45,19 @@ def test_docs_build_strict(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (tmp_path / "site" / "derivation" / "index.html").exists()
-    assert (tmp_path / "site" / "figures" / "jacobian_patterns.png").exists()
+    site = tmp_path / "site"
+    assert (site / "derivation" / "index.html").exists()
+    assert (site / "figures" / "jacobian_patterns.png").exists()
+    assert (site / "figures" / "stacks.png").exists()
+    # Offline: no page loads a script, a style sheet or a font from the network.
+    remote = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""")
+    for page in site.rglob("*.html"):
+        found = remote.findall(page.read_text())
+        assert not found, f"{page.relative_to(site)} loads from the network: {found[:2]}"
+    # No Sphinx roles left in the rendered API reference.
+    api = (site / "api" / "index.html").read_text()
+    roles = re.findall(r":(?:class|func|meth|mod|attr|data|obj|exc):", api)
+    assert not roles, f"the API reference shows {len(roles)} raw Sphinx roles"
 
 
 def code_blocks(page):

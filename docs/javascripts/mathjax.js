@@ -8,7 +8,10 @@ window.MathJax = {
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",
+    enableMenu: false, // the menu loads further components from the network
   },
+  loader: { load: [] },
+  startup: { typeset: true },
 };
 document$.subscribe(() => {
   MathJax.typesetPromise();
