@@ -3,9 +3,9 @@
 An element-wise map ``y = h(x; theta)`` acts on every scalar of ``x`` with its own
 parameters ``theta``, so its Jacobian is diagonal. A conditioner network computes
 ``theta`` from a context ``c``; the result,
-[`ConditionalElementwise`][flowjoint.ConditionalElementwise], is the building block shared by coupling layers (``c`` = the kept part), the VAE's
-reparametrization (``c = x``, the map acts on ``eps``) and variational
-dequantization::
+[`ConditionalElementwise`][flowjoint.ConditionalElementwise], is the building block
+shared by coupling layers (``c`` = the kept part), the VAE's reparametrization
+(``c = x``, the map acts on ``eps``) and variational dequantization::
 
     theta = net(c)                      # (batch, num_params * n, *rest)
     y = h(x; theta)                     # element-wise

@@ -15,8 +15,9 @@ Every transform here is an `nflows.transforms.Transform`, so flowjoint and
 nflows layers compose in either order.
 
 A **stochastic** layer ([`StochasticTransform`][flowjoint.StochasticTransform]; SurVAE
-Flows' view) draws its output in the data -> noise direction, ``outputs ~ q(outputs | inputs)``, and returns
-in place of the log-det its one-sample likelihood contribution::
+Flows' view) draws its output in the data -> noise direction,
+``outputs ~ q(outputs | inputs)``, and returns in place of the log-det its one-sample
+likelihood contribution::
 
     outputs, log_weight = f(inputs, context, num_samples=K)  # K draws per input row
     log_weight = log p(inputs | outputs) - log q(outputs | inputs)
