@@ -123,6 +123,8 @@ class _Run:
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.ranks = _Ranks(self.device)
+        if self.val is not None:
+            self.val = self.val.to(self.device, self.dtype)
         self.objective: nn.Module = Objective(model)
         self.plain_objective = self.objective
         if self.ranks.world > 1:
