@@ -165,7 +165,7 @@ def fingerprint(
 
 
 TRAINING_KEYS = (
-    "model", "optimizer", "scheduler", "rng", "generator", "epoch", "history",
+    "model", "optimizer", "scheduler", "epoch", "history",
     "best_epoch", "best_val_loss", "best_model", "fingerprint",
 )  # fmt: skip
 

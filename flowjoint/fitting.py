@@ -26,6 +26,7 @@ __all__ = [
     "check_batches",
     "check_fit_arguments",
     "checkpoint_folder",
+    "epoch_seed",
     "evaluate",
     "make_scheduler",
     "merge_options",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "onecycle")
-MAX_SEED = 2**63 - 2  # the validation draws use seed + 1, which must fit torch's int64
 
 
 class TrainingDiverged(FloatingPointError):
@@ -66,8 +66,9 @@ class FitOptions:
         clip_grad_norm: clip the global gradient norm to this (finite, > 0), or None
             (no clipping).
         patience: stop after this many epochs without a new best validation loss.
-        seed: an int in ``[0, 2**63 - 2]``; seeds the model's random draws
-            (``torch.manual_seed``), the shuffling, and (``seed + 1``) the validation draws.
+        seed: an int >= 0. Epoch ``e`` seeds the model's random draws
+            (``torch.manual_seed``) and the shuffling with :func:`epoch_seed`
+            ``(seed, e)``; the validation draws use ``epoch_seed(seed, 0)``.
         eval_batch_size: batch size of validation passes.
     """
 
@@ -95,8 +96,6 @@ class FitOptions:
         if self.patience is not None:
             check_positive_int(self.patience, "patience")
         check_positive_int(self.seed, "seed", minimum=0)
-        if self.seed > MAX_SEED:
-            raise ValueError(f"seed must be <= {MAX_SEED}, got {self.seed}")
         if not (self.schedule is None or callable(self.schedule) or self.schedule in SCHEDULES):
             raise ValueError(
                 f"schedule must be None, a callable or one of {SCHEDULES}, got {self.schedule!r}"
@@ -176,6 +175,15 @@ def as_data(name: str, data: object, allow_empty: bool = False) -> Tensor:
         raise ValueError(f"{name} must hold at least one example, got shape {tuple(data.shape)}")
     check_finite_values(data, name)
     return data
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 64-bit seed of epoch ``epoch`` of a run seeded ``seed`` (``epoch=0``: validation).
+
+    Mixed by ``numpy.random.SeedSequence``, so nearby ``(seed, epoch)`` pairs give
+    unrelated streams, and nothing but the pair decides an epoch's draws.
+    """
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
 
 
 def split_batches(order: Tensor, batch_size: int) -> tuple[Tensor, ...]:

@@ -41,6 +41,7 @@ from flowjoint.fitting import (
     check_batches,
     check_fit_arguments,
     checkpoint_folder,
+    epoch_seed,
     evaluate,
     make_scheduler,
     merge_options,
@@ -109,7 +110,7 @@ class _Ranks:
 
 
 class _Run:
-    """The state of one :func:`fit` call: model, optimizer, generator, result, checkpoints."""
+    """The state of one :func:`fit` call: model, optimizer, schedule, result, checkpoints."""
 
     def __init__(
         self,
@@ -136,7 +137,6 @@ class _Run:
         )
         steps = len(split_batches(torch.arange(self.train.shape[0]), options.batch_size))
         self.scheduler = make_scheduler(options, self.optimizer, options.epochs * steps)
-        self.generator = torch.Generator().manual_seed(options.seed)
         self.result = FitResult(checkpoint_dir=checkpoint_dir)
         self.best_state: dict[str, Tensor] | None = None
         self.start_epoch = 0
@@ -148,17 +148,11 @@ class _Run:
 
     def state(self, epoch: int) -> dict:
         """Everything :meth:`resume` needs to continue exactly after ``epoch``."""
-        cuda = self.device.type == "cuda"
         return {
             "kind": "last",
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": {
-                "cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
-            },
-            "generator": self.generator.get_state(),
             "epoch": epoch,
             "history": self.result.history,
             "best_epoch": self.result.best_epoch,
@@ -179,10 +173,6 @@ class _Run:
             raise ValueError(
                 f"checkpoint {str(path)!r} does not fit this model: {error}"
             ) from error
-        torch.set_rng_state(state["rng"]["cpu"])
-        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.generator.set_state(state["generator"])
         self.start_epoch = int(state["epoch"])
         self.result.history = [dict(row) for row in state["history"]]
         self.result.best_epoch = int(state["best_epoch"])
@@ -200,9 +190,17 @@ class _Run:
         return TrainingDiverged(f"non-finite {what} at epoch {epoch}; {where}")
 
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the shuffled training data; the mean loss (nats per example)."""
+        """One pass over the shuffled training data; the mean loss (nats per example).
+
+        The epoch's draws (shuffling, and the model's: dequantization, ``eps``) are
+        seeded by ``(seed, epoch)`` alone, so a resumed run draws what the uninterrupted
+        one did, whatever the device or the number of ranks.
+        """
         self.model.train()
-        order = torch.randperm(self.train.shape[0], generator=self.generator)
+        seed = epoch_seed(self.options.seed, epoch)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.train.shape[0], generator=generator)
         total = 0.0
         for step, index in enumerate(split_batches(order, self.options.batch_size), 1):
             batch = self.train[index].to(self.device, self.dtype)  # the global batch
@@ -248,7 +246,7 @@ class _Run:
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.options.seed + 1)
+            torch.manual_seed(epoch_seed(self.options.seed, 0))
             values = evaluate(self.plain_objective, self.val, self.options.eval_batch_size)
         # The mean over ranks (of equal values): one number, one decision on every rank.
         loss = self.ranks.sum(-values.double().mean()) / self.ranks.world
@@ -346,8 +344,6 @@ def fit(
     run.result.checkpoint_dir = checkpoint_folder(checkpoint_dir, run.ranks.rank)
     if resume is not None:
         run.resume(resume)
-    else:
-        torch.manual_seed(options.seed)
     enabled = bool(progress) and run.ranks.rank == 0
     report = Progress(options.epochs, run.start_epoch, description, enabled)
     try:
