@@ -108,12 +108,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, onto the CPU.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path`` (``IsADirectoryError``: a folder).
         ValueError: the file is not a flowjoint checkpoint, is truncated, or its
             content differs from what was written (digest mismatch); the message
             names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder: pass a checkpoint file (last.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
     raw = memoryview(path.read_bytes())
@@ -160,14 +162,25 @@ def fingerprint(
     """What :func:`check_resumable` compares: the model's ``repr`` (layer types, sizes and
     settings not held in its state), the options (``FitOptions.resume_key()``) and the
     digests of the training and validation data."""
-    return {"model": repr(model), "options": options, "train": data_digest(train),
-            "val": data_digest(val)}  # fmt: skip
+    return {
+        "model": repr(model),
+        "options": options,
+        "train": data_digest(train),
+        "val": data_digest(val),
+    }
 
 
 TRAINING_KEYS = (
-    "model", "optimizer", "scheduler", "epoch", "history",
-    "best_epoch", "best_val_loss", "best_model", "fingerprint",
-)  # fmt: skip
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "history",
+    "best_epoch",
+    "best_val_loss",
+    "best_model",
+    "fingerprint",
+)
 
 
 def _first_difference(saved: str, current: str) -> str:

@@ -83,8 +83,16 @@ class FitOptions:
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "clip_grad_norm",
-                     "patience", "seed", "eval_batch_size"):  # fmt: skip
+        for name in (
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "clip_grad_norm",
+            "patience",
+            "seed",
+            "eval_batch_size",
+        ):
             object.__setattr__(self, name, _plain_number(getattr(self, name)))
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")

@@ -68,8 +68,12 @@ def build(model: str) -> fj.Flow:
         return fj.JointVAE(FEATURES, 2, hidden_features=16)
     mask = torch.arange(FEATURES) < FEATURES // 2
     if model == "batchnorm":  # running statistics of each rank's slice
-        layers = [*pre, fj.AffineCoupling(mask, 16), fj.BatchNorm(FEATURES),
-                  fj.AffineCoupling(~mask, 16)]  # fmt: skip
+        layers = [
+            *pre,
+            fj.AffineCoupling(mask, 16),
+            fj.BatchNorm(FEATURES),
+            fj.AffineCoupling(~mask, 16),
+        ]
         return fj.Flow(fj.Compose(layers), fj.StandardNormal(FEATURES))
     if model == "nan":
         layers = [NaNOnLargeRows(FEATURES, 50.0), fj.AffineCoupling(mask, 16)]

@@ -61,10 +61,13 @@ CASES = {
     ),
     "realnvp_variational_dequantization": (
         lambda: fj.realnvp(
-            8, 2, 16,
-            preprocessing=fj.pixel_preprocessing(17, dequantization="variational", shape=8,
-                                                 hidden_features=8),
-        ),  # fmt: skip
+            8,
+            2,
+            16,
+            preprocessing=fj.pixel_preprocessing(
+                17, dequantization="variational", shape=8, hidden_features=8
+            ),
+        ),
         lambda: (levels_data(96, 8, 0), levels_data(32, 8, 1)),
         dict(),
     ),
@@ -103,9 +106,13 @@ def full_and_cut(tmp_path, build, train, val, kw, stop_after=2):
     full = fit(full_model, train, val, checkpoint_dir=tmp_path / "full", **kw)
     torch.manual_seed(0)
     cut = fit(
-        build(), train, val, checkpoint_dir=tmp_path / "cut",
-        callback=lambda row: row["epoch"] >= stop_after, **kw,
-    )  # fmt: skip
+        build(),
+        train,
+        val,
+        checkpoint_dir=tmp_path / "cut",
+        callback=lambda row: row["epoch"] >= stop_after,
+        **kw,
+    )
     assert cut.stop_reason == "callback" and len(cut.history) == stop_after
     return full_model, full
 
@@ -120,9 +127,13 @@ def test_resume_continues_with_the_uninterrupted_losses_and_weights(tmp_path, na
     torch.manual_seed(12345)  # a different global RNG state and different initial weights
     resumed_model = build()
     resumed = fit(
-        resumed_model, train, val, resume=tmp_path / "cut" / "last.pt",
-        checkpoint_dir=tmp_path / "cut", **kw,
-    )  # fmt: skip
+        resumed_model,
+        train,
+        val,
+        resume=tmp_path / "cut" / "last.pt",
+        checkpoint_dir=tmp_path / "cut",
+        **kw,
+    )
     full_rows = [(r["train_loss"], r["val_loss"], r["lr"]) for r in full.history]
     resumed_rows = [(r["train_loss"], r["val_loss"], r["lr"]) for r in resumed.history]
     assert resumed_rows == full_rows  # exactly, epochs 3 to 5 included
@@ -278,15 +289,26 @@ def good_checkpoint(path):
 
 
 def resume_into_fresh_model(path):
-    return fit(fj.realnvp(6, num_layers=3, hidden_features=8), torch.randn(8, 6),
-               resume=path, epochs=2, progress=False)  # fmt: skip
+    return fit(
+        fj.realnvp(6, num_layers=3, hidden_features=8),
+        torch.randn(8, 6),
+        resume=path,
+        epochs=2,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize(
     "damage",
-    ["truncated_half", "truncated_in_header", "truncated_in_magic", "empty", "random_bytes",
-     "flipped_tail"],
-)  # fmt: skip
+    [
+        "truncated_half",
+        "truncated_in_header",
+        "truncated_in_magic",
+        "empty",
+        "random_bytes",
+        "flipped_tail",
+    ],
+)
 def test_damaged_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, damage):
     path = tmp_path / "damaged.pt"
     data = good_checkpoint(path)
@@ -308,6 +330,8 @@ def test_damaged_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, damage
 def test_missing_checkpoint_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here.pt"):
         load_checkpoint(tmp_path / "nothing-here.pt")
+    with pytest.raises(IsADirectoryError, match="is a folder.*last.pt"):
+        load_checkpoint(tmp_path)
 
 
 def test_a_plain_torch_save_file_is_not_a_checkpoint(tmp_path):
@@ -344,8 +368,15 @@ def test_four_flipped_bytes_anywhere_are_detected(tmp_path):
     """Every tensor record of a real last.pt, and 40 offsets spread over the file."""
     folder = tmp_path / "run"
     torch.manual_seed(0)
-    fit(fj.realnvp(6, 3, 8), torch.randn(32, 6), torch.randn(8, 6), epochs=1,
-        batch_size=16, checkpoint_dir=folder, progress=False)  # fmt: skip
+    fit(
+        fj.realnvp(6, 3, 8),
+        torch.randn(32, 6),
+        torch.randn(8, 6),
+        epochs=1,
+        batch_size=16,
+        checkpoint_dir=folder,
+        progress=False,
+    )
     data = (folder / "last.pt").read_bytes()
     header = len(MAGIC) + 32
     payload = data[header:]

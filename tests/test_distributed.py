@@ -35,9 +35,16 @@ def two_rank_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-        "2", str(HERE / "distributed_worker.py"), str(out), *worker.MODELS,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "distributed_worker.py"),
+        str(out),
+        *worker.MODELS,
+    ]
     # One relaunch: a two-process launch on a shared machine can fail for reasons
     # outside the code under test (rendezvous, a gloo thread aborting at exit).
     for _attempt in range(2):

@@ -325,8 +325,13 @@ def test_keyboard_interrupt_mid_epoch_keeps_a_checkpoint_that_resumes_exactly(tm
     full = fit(counting_flow(), _data(), _data(seed=1), **kw)
     # 3 steps and one validation pass per epoch: call 10 is step 2 of epoch 3
     with pytest.raises(KeyboardInterrupt):
-        fit(counting_flow(at=10, action="interrupt"), _data(), _data(seed=1),
-            checkpoint_dir=tmp_path, **kw)  # fmt: skip
+        fit(
+            counting_flow(at=10, action="interrupt"),
+            _data(),
+            _data(seed=1),
+            checkpoint_dir=tmp_path,
+            **kw,
+        )
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
     torch.manual_seed(99)
@@ -352,12 +357,19 @@ def test_a_raising_callback_propagates_and_the_epoch_is_saved(tmp_path):
 # Progress off a terminal.
 # ---------------------------------------------------------------------------
 
+
 def test_progress_with_stderr_in_a_file_is_one_line_per_epoch(tmp_path, monkeypatch):
     log = tmp_path / "stderr.log"
     with open(log, "w") as stderr:  # a real file, as with `2> log`: not a terminal
         monkeypatch.setattr(sys, "stderr", stderr)
-        fit(fj.realnvp(2, 2, 8), torch.randn(64, 2), torch.randn(16, 2), epochs=4,
-            batch_size=16, description="moons")  # fmt: skip
+        fit(
+            fj.realnvp(2, 2, 8),
+            torch.randn(64, 2),
+            torch.randn(16, 2),
+            epochs=4,
+            batch_size=16,
+            description="moons",
+        )
         fit(fj.realnvp(2, 2, 8), torch.randn(64, 2), epochs=2, progress=False)
     text = log.read_bytes()
     assert b"\r" not in text
