@@ -251,7 +251,8 @@ def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None)
     stack, :class:`~flowjoint.UniformDequantization` does the same draw.)
 
     Args:
-        x: ``(n, *event)`` floating tensor of integer levels in ``0 .. levels - 1``.
+        x: ``(n, *event)`` floating tensor of integer levels in ``0 .. levels - 1``
+            (anything else, NaN included, raises ``ValueError``).
         levels: number of levels (17 for digits, 256 for MNIST).
         generator: optional torch generator for reproducible noise.
 
@@ -270,10 +271,11 @@ def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None)
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}")
     check_positive_int(levels, "levels", minimum=2)
-    if x.numel() and (x.min() < 0 or x.max() > levels - 1):
+    bad = ~((x >= 0) & (x <= levels - 1) & (x == x.floor()))  # NaN is bad too
+    if bool(bad.any()):
         raise ValueError(
-            f"x must hold levels in [0, {levels - 1}], got values in "
-            f"[{x.min().item()}, {x.max().item()}]"
+            f"x must hold integer levels in [0, {levels - 1}], got values such as "
+            f"{x[bad][:3].tolist()}"
         )
     device = x.device if generator is None else generator.device
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)

@@ -138,6 +138,9 @@ def toy_data(
     seed: int = 0,
 ) -> ToyData:
     """Independent train/validation/test draws (seeds ``seed``, ``seed + 1``, ``seed + 2``)."""
+    if name not in TOY_ENTROPIES:
+        raise ValueError(f"name must be one of {list(TOY_ENTROPIES)}, got {name!r}")
+    check_positive_int(seed, "seed", minimum=0)
     return ToyData(
         name,
         make_toy(name, num_train, seed),

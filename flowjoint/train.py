@@ -1,19 +1,18 @@
 """Training any flowjoint model: maximise ``model.elbo(x)``, the one objective of every stack.
 
-For a bijective stack ``elbo`` is the exact ``log_prob``; for a stack with stochastic
-layers (a VAE's augmentation, dequantization) it is the one-sample bound. :func:`fit`
-runs Adam with an optional learning-rate schedule and gradient clipping, validates
-every epoch (with the same random draws each epoch, so validation losses compare
-across epochs), keeps the best-on-validation weights, stops early, reports
-progress, stops with a clear error on a non-finite loss (leaving the last good
-checkpoint in place) and resumes exactly from a checkpoint
-(:mod:`flowjoint.checkpoints`: atomic writes, SHA-256 verified, ``weights_only``).
+For a bijective stack ``elbo`` is the exact ``log_prob``; with stochastic layers (a
+VAE's augmentation, dequantization) it is the one-sample bound. :func:`fit` runs Adam
+(schedule, clipping), validates with the same random draws every epoch, keeps the
+best weights, stops early, refuses non-finite values (the last good checkpoint stays)
+and resumes exactly (:mod:`flowjoint.checkpoints`).
 
-Distributed data parallel: if ``torch.distributed`` is initialised when :func:`fit` is
-called, the objective is wrapped in ``DistributedDataParallel``; every rank draws the
-same global batch (same seed) and keeps its slice ``batch[rank::world_size]``, so the
-averaged gradient equals the single-process one; only rank 0 writes checkpoints and
-reports progress.
+Distributed data parallel: under an initialised ``torch.distributed`` process group
+the objective is wrapped in ``DistributedDataParallel``; every rank draws the same
+global batch and keeps ``batch[rank::world_size]``, its summed loss scaled by
+``world_size / rows`` so that DDP's average of the gradients is the gradient of the
+global batch's mean loss however the rows split. The ranks agree on every decision
+(non-finite values, best epoch, early stopping, a callback's stop), buffers are
+synchronised from rank 0 after each epoch, and only rank 0 writes and reports.
 """
 
 from __future__ import annotations
@@ -22,15 +21,32 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowjoint.checkpoints import load_checkpoint, save_checkpoint
-from flowjoint.fitting import FitOptions, FitResult, TrainingDiverged, as_data, evaluate
+from flowjoint.checkpoints import (
+    check_resumable,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from flowjoint.fitting import (
+    FitOptions,
+    FitResult,
+    TrainingDiverged,
+    as_data,
+    check_batches,
+    check_fit_arguments,
+    checkpoint_folder,
+    epoch_seed,
+    evaluate,
+    make_scheduler,
+    merge_options,
+    split_batches,
+)
 from flowjoint.flows import Flow
 from flowjoint.progress import Progress
 
@@ -65,106 +81,107 @@ class Objective(nn.Module):
         return self.model.elbo(inputs)
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+class _Ranks:
+    """This process's rank, the world size, and the few collectives ``fit`` needs."""
 
+    def __init__(self, device: torch.device) -> None:
+        distributed = torch.distributed
+        on = distributed.is_available() and distributed.is_initialized()
+        self.rank, self.world = (
+            (distributed.get_rank(), distributed.get_world_size()) if on else (0, 1)
+        )
+        self.device = device  # NCCL reduces tensors on the model's device
 
-def _make_scheduler(
-    options: FitOptions, optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    schedule = options.schedule
-    if schedule is None:
-        return None
-    if callable(schedule):
-        return schedule(optimizer, total_steps)
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=options.lr, total_steps=total_steps, pct_start=0.1
-    )
+    def sum(self, value: Tensor) -> float:
+        """The sum of a scalar over ranks (a float, the same on every rank)."""
+        if self.world > 1:
+            value = value.detach().to(self.device, torch.float64).clone()
+            torch.distributed.all_reduce(value)
+        return value.item()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any."""
+        return self.sum(torch.tensor(float(flag))) > 0 if self.world > 1 else flag
+
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank."""
+        for buffer in module.buffers() if self.world > 1 else ():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 class _Run:
-    """The state of one :func:`fit` call: model, optimizer, generator, result, checkpoints."""
+    """The state of one :func:`fit` call: model, optimizer, schedule, result, checkpoints."""
 
     def __init__(
-        self, model: Flow, train: Tensor, options: FitOptions, checkpoint_dir: Path | None
+        self,
+        model: Flow,
+        data: tuple[Tensor, Tensor | None],
+        options: FitOptions,
+        checkpoint_dir: Path | None,
+        with_fingerprint: bool,
     ) -> None:
-        self.model, self.train, self.options = model, train, options
-        self.rank, self.world = _distributed()
-        parameter = next(model.parameters(), None)
-        self.device = parameter.device if parameter is not None else train.device
-        self.dtype = parameter.dtype if parameter is not None else train.dtype
+        self.model, (self.train, self.val), self.options = model, data, options
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.ranks = _Ranks(self.device)
+        if self.val is not None:
+            self.val = self.val.to(self.device, self.dtype)
         self.objective: nn.Module = Objective(model)
         self.plain_objective = self.objective
-        if self.world > 1:
+        if self.ranks.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.objective = DistributedDataParallel(self.plain_objective)
-        self.steps_per_epoch = math.ceil(train.shape[0] / options.batch_size)
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=options.lr, weight_decay=options.weight_decay
         )
-        self.scheduler = _make_scheduler(
-            options, self.optimizer, options.epochs * self.steps_per_epoch
-        )
-        self.generator = torch.Generator().manual_seed(options.seed)
+        steps = len(split_batches(torch.arange(self.train.shape[0]), options.batch_size))
+        self.scheduler = make_scheduler(options, self.optimizer, options.epochs * steps)
         self.result = FitResult(checkpoint_dir=checkpoint_dir)
         self.best_state: dict[str, Tensor] | None = None
         self.start_epoch = 0
-
-    @property
-    def last_path(self) -> Path | None:
-        directory = self.result.checkpoint_dir
-        return directory / "last.pt" if directory is not None else None
+        key = options.resume_key()
+        self.fingerprint = fingerprint(model, key, *data) if with_fingerprint else {}
 
     def snapshot(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def state(self, epoch: int) -> dict:
+        """Everything :meth:`resume` needs to continue exactly after ``epoch``."""
         return {
             "kind": "last",
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "generator": self.generator.get_state(),
             "epoch": epoch,
             "history": self.result.history,
             "best_epoch": self.result.best_epoch,
             "best_val_loss": self.result.best_val_loss,
             "best_model": self.best_state,
+            "fingerprint": self.fingerprint,
         }
 
     def resume(self, path: str | os.PathLike) -> None:
         state = load_checkpoint(path)
-        if "optimizer" not in state:
-            raise ValueError(
-                f"{str(path)!r} holds model weights only (a best.pt), not a training state: "
-                "resume from last.pt in the same folder, or load the weights with "
-                "model.load_state_dict(load_checkpoint(path)['model'])"
-            )
+        check_resumable(state, path, self.fingerprint)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError) as error:
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
             raise ValueError(
                 f"checkpoint {str(path)!r} does not fit this model: {error}"
             ) from error
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.generator.set_state(state["generator"])
         self.start_epoch = int(state["epoch"])
         self.result.history = [dict(row) for row in state["history"]]
         self.result.best_epoch = int(state["best_epoch"])
         self.result.best_val_loss = float(state["best_val_loss"])
-        self.best_state = state.get("best_model")
+        self.best_state = state["best_model"]
 
     def diverged(self, what: str, epoch: int) -> TrainingDiverged:
-        last = self.last_path
+        directory = self.result.checkpoint_dir
+        last = directory / "last.pt" if directory is not None else None
         where = (
             f"the last good checkpoint is {str(last)!r}"
             if last is not None and last.exists()
@@ -173,64 +190,91 @@ class _Run:
         return TrainingDiverged(f"non-finite {what} at epoch {epoch}; {where}")
 
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the shuffled training data; the mean loss (nats per example)."""
-        options = self.options
-        self.model.train()
-        order = torch.randperm(self.train.shape[0], generator=self.generator)
-        total, count = 0.0, 0
-        for step in range(self.steps_per_epoch):
-            index = order[step * options.batch_size : (step + 1) * options.batch_size]
-            batch = self.train[index].to(self.device, self.dtype)  # the global batch
-            local = batch[self.rank :: self.world]  # this rank's slice
-            loss = -self.objective(local).mean()
-            if not torch.isfinite(loss):
-                raise self.diverged(f"training loss {loss.item()} (step {step + 1})", epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if options.clip_grad_norm is not None:
-                params = self.model.parameters()
-                norm = torch.nn.utils.clip_grad_norm_(params, options.clip_grad_norm)
-                if not torch.isfinite(norm):
-                    raise self.diverged(f"gradient norm (step {step + 1})", epoch)
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            total += loss.item() * local.shape[0]
-            count += local.shape[0]
-        return total / max(count, 1)
+        """One pass over the shuffled training data; the mean loss (nats per example).
 
-    def validate(self, val: Tensor | None, epoch: int) -> float:
-        """Mean negative objective on ``val`` with the same random draws every epoch."""
-        if val is None:
+        The epoch's draws (shuffling, and the model's: dequantization, ``eps``) are
+        seeded by ``(seed, epoch)`` alone, so a resumed run draws what the uninterrupted
+        one did, whatever the device or the number of ranks.
+        """
+        self.model.train()
+        seed = epoch_seed(self.options.seed, epoch)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.train.shape[0], generator=generator)
+        total = 0.0
+        for step, index in enumerate(split_batches(order, self.options.batch_size), 1):
+            batch = self.train[index].to(self.device, self.dtype)  # the global batch
+            total += self.train_step(batch, step, epoch)
+        self.ranks.sync_buffers(self.model)
+        return total / self.train.shape[0]
+
+    def train_step(self, batch: Tensor, step: int, epoch: int) -> float:
+        """One Adam step on the global ``batch``; the summed loss over its rows."""
+        local = batch[self.ranks.rank :: self.ranks.world]  # this rank's slice
+        loss_sum = -self.objective(local).sum()
+        total = self.ranks.sum(loss_sum)  # the same on every rank: all stop together
+        if not math.isfinite(total):
+            raise self.diverged(f"training loss {total / batch.shape[0]} (step {step})", epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum * (self.ranks.world / batch.shape[0])).backward()
+        if self.options.clip_grad_norm is not None:
+            params = self.model.parameters()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip_grad_norm)
+            if not torch.isfinite(norm):  # gradients are all-reduced: the same on all ranks
+                raise self.diverged(f"gradient norm (step {step})", epoch)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return total
+
+    def check_weights(self, epoch: int) -> None:
+        """Raise before anything is saved if a weight or buffer is NaN or infinite.
+
+        Without clipping, an infinite gradient in an epoch's last step would otherwise
+        reach ``last.pt`` with a finite epoch loss.
+        """
+        state = {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        finite = torch.stack([torch.isfinite(v).all() for v in state.values()]).all()
+        if self.ranks.any(not bool(finite)):
+            bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+            raise self.diverged(f"weights {bad[:3] or '(on another rank)'}", epoch)
+
+    def validate(self, epoch: int) -> float:
+        """Mean negative objective on the validation data with the same draws every epoch."""
+        if self.val is None:
             return math.nan
         self.model.eval()
-        devices = [val.device] if val.device.type == "cuda" else []
+        devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.options.seed + 1)
-            values = evaluate(self.plain_objective, val, self.options.eval_batch_size)
-        loss = -values.mean().item()
+            torch.manual_seed(epoch_seed(self.options.seed, 0))
+            values = evaluate(self.plain_objective, self.val, self.options.eval_batch_size)
+        # The mean over ranks (of equal values): one number, one decision on every rank.
+        loss = self.ranks.sum(-values.double().mean()) / self.ranks.world
         if not math.isfinite(loss):
             raise self.diverged("validation loss", epoch)
         return loss
 
+    def save(self, epoch: int, improved: bool) -> None:
+        directory = self.result.checkpoint_dir
+        if directory is None or self.ranks.rank != 0:
+            return
+        if improved:
+            best = {"kind": "best", "model": self.best_state, "epoch": epoch}
+            save_checkpoint(best, directory / "best.pt")
+        save_checkpoint(self.state(epoch), directory / "last.pt")
 
-def _check_inputs(model: object, train: object, val: object) -> tuple[Tensor, Tensor | None]:
-    if not isinstance(model, Flow):
-        raise TypeError(
-            f"model must be a flowjoint Flow (a stack on a base density), got "
-            f"{type(model).__name__}"
-        )
-    train = as_data("train", train)
-    if val is not None:
-        val = as_data("val", val, allow_empty=True)
-        if val.shape[1:] != train.shape[1:]:
-            raise ValueError(
-                f"val must have the event shape of train {tuple(train.shape[1:])}, got "
-                f"{tuple(val.shape[1:])}"
-            )
-        if val.shape[0] == 0:
-            val = None
-    return train, val
+    def says_stop(self, callback: Callable | None, row: dict[str, float]) -> bool:
+        """The callback's verdict, the same on every rank (also when it raises on one)."""
+        if callback is None:
+            return False
+        error, stop = None, False
+        try:
+            stop = bool(callback(dict(row)))
+        except Exception as exception:
+            error = exception
+        if self.ranks.any(error is not None):
+            raise error or RuntimeError("the callback of fit raised on another rank")
+        return self.ranks.any(stop)
 
 
 def fit(
@@ -252,34 +296,39 @@ def fit(
     Each step minimises ``-mean(model.elbo(x_batch))``: the exact log-density of a
     bijective stack, the one-sample bound of one with stochastic layers (a
     dequantization layer dequantizes every batch afresh). Bits per dimension are
-    ``val_loss / (D ln 2)`` with ``D`` the entries of one example, meaningful when
-    the model's density is on the data's original scale (its preprocessing is part
-    of the stack).
+    ``val_loss / (D ln 2)``, ``D`` the entries of one example.
 
     Args:
-        model: any flowjoint :class:`~flowjoint.Flow` (``JointVAE`` and
-            ``AugmentedFlow`` included).
-        train: ``(n, *event)`` training data, a tensor or a numpy array (integer
-            arrays become float32).
-        val: ``(m, *event)`` validation data, or None (no early stopping, best = last).
+        model: any flowjoint :class:`~flowjoint.Flow` with trainable parameters; each
+            batch is converted to the dtype and device of its first parameter.
+        train: ``(n, *event)`` data, a tensor or a numpy array (integer and bool
+            arrays become float32); NaN or inf is refused.
+        val: ``(m, *event)`` validation data, or None or empty (no validation: no
+            early stopping, best = last).
         options: a :class:`FitOptions`; its fields may also be given as keywords
             (``epochs=20``), which override it.
-        checkpoint_dir: if set, ``last.pt`` (everything needed to resume) is written
-            after every epoch and ``best.pt`` (weights) at every new best.
-        resume: a ``last.pt`` to continue from; the continued run's losses equal those
-            of an uninterrupted run.
+        checkpoint_dir: if set (created and checked writable before training),
+            ``last.pt`` (all that resuming needs) is written after every epoch and
+            ``best.pt`` (weights) at every new best.
+        resume: a ``last.pt`` to continue from. Losses and weights then equal those
+            of an uninterrupted run; a checkpoint of another model, data or options
+            (except ``patience``, and ``epochs`` without a schedule) is refused with
+            a ``ValueError`` naming what differs. Writes only with ``checkpoint_dir``.
         restore_best: load the best-on-validation weights into ``model`` at the end.
-        progress: report progress on rank 0: a tqdm bar on a terminal, one line per
-            epoch on stderr otherwise.
+        progress: report on rank 0: a tqdm bar on a terminal, else a line per epoch.
         description: the label of the progress report.
-        callback: called with each epoch's history row; returning True stops training.
+        callback: called with a copy of each epoch's history row after ``last.pt``
+            is written; returning True stops training; an exception propagates.
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult`; ``model`` is left in eval mode.
 
     Raises:
-        TrainingDiverged: the loss or a gradient became NaN/inf; ``last.pt`` still
-            holds the last good epoch.
+        TrainingDiverged: the loss, the gradient norm or a weight became NaN/inf.
+            ``last.pt`` holds the last good epoch (after any exception or
+            ``KeyboardInterrupt`` too: writes are atomic).
+        ValueError: a bad argument, or a ``resume`` file that is damaged, a
+            ``best.pt``, or of another model, data or options.
 
     Example:
         >>> from flowjoint import realnvp
@@ -288,23 +337,18 @@ def fit(
         >>> len(result.history)
         2
     """
-    unknown = set(overrides) - {f.name for f in fields(FitOptions)}
-    if unknown:
-        raise TypeError(f"fit got unknown options {sorted(unknown)}")
-    options = replace(options or FitOptions(), **overrides)
-    train, val = _check_inputs(model, train, val)
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    run = _Run(model, train, options, directory)
+    options = merge_options(options, overrides)
+    data = check_fit_arguments(model, train, val, callback)
+    run = _Run(model, data, options, None, checkpoint_dir is not None or resume is not None)
+    check_batches(run.train, options, run.ranks.world)
+    run.result.checkpoint_dir = checkpoint_folder(checkpoint_dir, run.ranks.rank)
     if resume is not None:
         run.resume(resume)
-    else:
-        torch.manual_seed(options.seed)
-    val = val.to(run.device, run.dtype) if val is not None else None
-    dims = math.prod(train.shape[1:])
-    report = Progress(options.epochs, run.start_epoch, description, progress and run.rank == 0)
+    enabled = bool(progress) and run.ranks.rank == 0
+    report = Progress(options.epochs, run.start_epoch, description, enabled)
     try:
         for epoch in range(run.start_epoch + 1, options.epochs + 1):
-            if _epoch(run, val, epoch, dims, report, callback):
+            if _epoch(run, epoch, report, callback):
                 break
     finally:
         report.close()
@@ -316,16 +360,16 @@ def fit(
 
 def _epoch(
     run: _Run,
-    val: Tensor | None,
     epoch: int,
-    dims: int,
     report: Progress,
     callback: Callable[[dict[str, float]], bool | None] | None,
 ) -> bool:
-    """Train, validate, record, checkpoint and report one epoch; True to stop."""
+    """Train, check, validate, record, checkpoint and report one epoch; True to stop."""
     started = time.perf_counter()
     train_loss = run.train_epoch(epoch)
-    val_loss = run.validate(val, epoch)
+    run.check_weights(epoch)
+    val_loss = run.validate(epoch)
+    dims = math.prod(run.train.shape[1:])
     row = {
         "epoch": float(epoch),
         "train_loss": train_loss,
@@ -334,21 +378,16 @@ def _epoch(
         "lr": run.optimizer.param_groups[0]["lr"],
         "seconds": time.perf_counter() - started,
     }
-    result = run.result
+    result, has_val = run.result, run.val is not None
     result.history.append(row)
-    improved = val is None or val_loss < result.best_val_loss
+    improved = not has_val or val_loss < result.best_val_loss
     if improved:
         result.best_epoch = epoch
-        result.best_val_loss = val_loss if val is not None else train_loss
+        result.best_val_loss = val_loss if has_val else train_loss
         run.best_state = run.snapshot()
-    directory = result.checkpoint_dir
-    if directory is not None and run.rank == 0:
-        if improved:
-            best = {"kind": "best", "model": run.best_state, "epoch": epoch}
-            save_checkpoint(best, directory / "best.pt")
-        save_checkpoint(run.state(epoch), directory / "last.pt")
-    report.epoch(row, val is not None)
-    if callback is not None and callback(row):
+    run.save(epoch, improved)
+    report.epoch(row, has_val)
+    if run.says_stop(callback, row):
         result.stop_reason = "callback"
         return True
     patience = run.options.patience

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from flowjoint.data import (
-    TOY_DATASETS,
-    TOY_ENTROPIES,
-    dequantize,
-    load_digits,
-    load_mnist5k,
-    load_mnist_idx,
-    make_toy,
-    toy_data,
-)
+import flowjoint as fj
+from flowjoint.data import dequantize, load_digits, load_mnist5k, load_mnist_idx
+from flowjoint.toys import TOY_DATASETS, TOY_ENTROPIES, make_toy, toy_data
 
 
 def test_digits_split_matches_protocol():
@@ -43,7 +36,6 @@ def test_mnist5k_split_matches_protocol():
     assert data.train.shape == (4200, 784) and data.val.shape == (300, 784)
     np.testing.assert_array_equal(data.test.numpy(), x_test)
     np.testing.assert_array_equal(data.test_labels.numpy(), y_test)
-    # train and validation partition the 4,500 non-test images
     # train and validation together are the 4,500 non-test images
     assert data.train_labels.bincount().sum() + data.val_labels.bincount().sum() == 4500
     assert load_mnist5k(validation_size=0).val.shape == (0, 784)
@@ -64,13 +56,58 @@ def test_dequantize_range_and_reproducible():
     assert abs((y - x).mean().item() - 0.5) < 0.02
     assert torch.equal(y, dequantize(x, 17, torch.Generator().manual_seed(0)))
     assert dequantize(x.double(), 17).dtype == torch.float64
+    assert dequantize(x[:0], 17).shape == (0, 3)
 
 
-def test_dequantize_rejects_out_of_range():
-    with pytest.raises(ValueError, match="levels"):
-        dequantize(torch.tensor([[17.0]]), 17)
+@pytest.mark.parametrize("bad", [17.0, -1.0, 2.5, math.nan, math.inf])
+def test_dequantize_rejects_what_is_not_a_level(bad):
+    with pytest.raises(ValueError, match="integer levels"):
+        dequantize(torch.tensor([[1.0, bad]]), 17)
     with pytest.raises(TypeError):
         dequantize(torch.tensor([[1]]), 17)
+
+
+# float32 draws of u ~ U[0, 1): 255 + u rounds to 256 for u > 1 - 2^-17 (about 1 in
+# 150,000 draws: 105 of 15.68 M measured), outside [0, levels).
+DRAWS, CHUNK = 2**24, 2**22
+
+
+def test_dequantize_float32_never_reaches_levels_over_16m_draws():
+    x = torch.full((CHUNK,), 255.0)
+    scale, logit = fj.Scale(1 / 256), fj.Logit(alpha=0.0)
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.Generator().manual_seed(0)
+    largest, rounded_up = 0.0, 0
+    for _ in range(DRAWS // CHUNK):
+        y = dequantize(x[:, None], 256, generator)  # (CHUNK, 1)
+        largest = max(largest, y.max().item())
+        assert y.min().item() >= 255.0
+        z, logabsdet = logit(scale(y)[0])
+        assert bool(torch.isfinite(z).all() and torch.isfinite(logabsdet).all())
+        # the same draws added naively: what the test guards against
+        u = torch.rand((CHUNK, 1), generator=reference)
+        rounded_up += int(((x[:, None] + u) >= 256).sum())
+    assert largest < 256.0
+    assert rounded_up > 0  # the draws did reach the values that round up
+
+
+def test_uniform_dequantization_layer_never_reaches_levels_over_16m_draws():
+    layer = fj.UniformDequantization(256)
+    scale, logit = fj.Scale(1 / 256), fj.Logit(alpha=0.0)
+    x = torch.full((CHUNK, 1), 255.0)
+    torch.manual_seed(0)
+    with torch.random.fork_rng():
+        naive = sum(int(((x + torch.rand_like(x)) >= 256).sum()) for _ in range(DRAWS // CHUNK))
+    largest = 0.0
+    for _ in range(DRAWS // CHUNK):
+        y, log_weight = layer(x)
+        largest = max(largest, y.max().item())
+        assert y.min().item() >= 255.0 and bool((log_weight == 0).all())
+        z, _ = logit(scale(y)[0])
+        assert bool(torch.isfinite(z).all())
+    assert largest < 256.0 and naive > 0
+    zero = torch.zeros(CHUNK, 1)  # and never exactly 0: a logit of 0 is -inf
+    assert layer(zero)[0].min().item() > 0.0
 
 
 def _write_idx(path, array, gz=False):
@@ -139,3 +176,9 @@ def test_checkerboard_support_and_entropy():
 def test_toy_rejects_unknown():
     with pytest.raises(ValueError, match="name"):
         make_toy("swiss", 10)
+    with pytest.raises(ValueError, match="name"):
+        toy_data("swiss")
+    with pytest.raises((TypeError, ValueError), match="seed"):
+        toy_data("moons", seed=-1)
+    with pytest.raises((TypeError, ValueError), match="num_samples"):
+        make_toy("moons", 0)
