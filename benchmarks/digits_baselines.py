@@ -22,7 +22,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from flowjoint.data import dequantize, load_digits
-from flowjoint.preprocess import nats_to_bits_per_dim, nll_to_level_scale
+from flowjoint.units import nats_to_bits_per_dim, nll_to_level_scale
 
 
 def main() -> dict[str, float]:

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from scipy.special import i0e, logsumexp, ndtr
 
-from flowjoint.data import TOY_ENTROPIES, make_toy
+from flowjoint.toys import TOY_ENTROPIES, make_toy
 
 
 def _log_gauss_mixture_on_curve(x, centers, sigma, log_weights):

@@ -31,7 +31,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from flowjoint.checks import check_event_shape, check_inputs, check_positive_int
+from flowjoint.checks import (
+    check_event_shape,
+    check_finite_values,
+    check_inputs,
+    check_positive_int,
+)
 from flowjoint.distributions import BaseDistribution, standard_normal_log_prob
 from flowjoint.elementwise import ConditionalAffine
 from flowjoint.flows import Flow
@@ -471,6 +476,8 @@ def joint_log_prob(flow: Flow, inputs: Tensor, eps: Tensor | None) -> Tensor:
         x, logabsdet = layer(x)
         total = total + logabsdet
     check_inputs(eps, flow.transform[index].features, "eps")
+    if flow.validate and not torch.compiler.is_compiling():
+        check_finite_values(eps, "eps")
     if eps.shape[0] != x.shape[0]:
         raise ValueError(
             f"eps must have the batch size of x ({x.shape[0]}), got shape {tuple(eps.shape)}"

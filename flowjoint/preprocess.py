@@ -1,7 +1,7 @@
 """Preprocessing as layers of the stack: fixed bijections whose log-dets are counted.
 
 A model of pixel data is one stack, e.g. ``[UniformDequantization(levels),
-Scale(1 / levels), Logit(alpha), ...flow layers]``: dequantization gives
+Scale(divisor=levels), Logit(alpha), ...flow layers]``: dequantization gives
 ``x + u`` on the data's original scale ``[0, levels)^D``, [`Scale`][flowjoint.Scale] maps it to
 ``[0, 1)`` and [`Logit`][flowjoint.Logit] to the real line. Because the preprocessing layers are
 transforms, their log-dets enter the same sum as the flow's, and every number a
@@ -25,40 +25,64 @@ __all__ = ["Logit", "Scale", "pixel_preprocessing"]
 
 
 class Scale(Transform):
-    """Multiply by a fixed positive constant: ``y = factor * x``.
+    """Multiply by a fixed positive constant, or divide by one: ``y = x * factor``.
 
     Forward and log-det::
 
-        y = factor * x
-        logabsdet = size * log(factor)      # size: entries per example
+        y = factor * x                       # or x / divisor
+        logabsdet = size * log(factor)       # size: entries per example
+
+    Dividing by the number of levels maps ``[0, levels)`` into ``[0, 1)`` exactly: the
+    largest value below ``levels`` divided by ``levels`` stays below 1, whereas
+    multiplying it by the rounded ``1 / levels`` reaches 1.0 for some levels (255 in
+    float32), where a logit without squeeze is infinite.
 
     Args:
-        factor: the positive constant (``1 / levels`` maps ``[0, levels)`` to ``[0, 1)``).
+        factor: the positive constant to multiply by.
+        divisor: the positive constant to divide by (instead of ``factor``).
 
     Example:
-        >>> y, logabsdet = Scale(1 / 17)(torch.full((2, 64), 17.0))
+        >>> y, logabsdet = Scale(divisor=17)(torch.full((2, 64), 17.0))
         >>> y[0, 0].item(), round(logabsdet[0].item(), 4)
         (1.0, -181.3257)
     """
 
-    def __init__(self, factor: float) -> None:
+    def __init__(self, factor: float | None = None, *, divisor: float | None = None) -> None:
         super().__init__()
-        self.factor = check_number(factor, "factor", low=0.0, low_open=True)
-        self.log_factor = math.log(self.factor)
+        if (factor is None) == (divisor is None):
+            raise ValueError(
+                f"give exactly one of factor and divisor, got factor={factor!r}, "
+                f"divisor={divisor!r}"
+            )
+        if divisor is None:
+            self.factor = check_number(factor, "factor", low=0.0, low_open=True)
+            self.divisor = None
+        else:
+            self.divisor = check_number(divisor, "divisor", low=0.0, low_open=True)
+            self.factor = 1.0 / self.divisor
+        self.log_factor = (
+            math.log(self.factor) if self.divisor is None else -math.log(self.divisor)
+        )
 
     def extra_repr(self) -> str:
+        if self.divisor is not None:
+            return f"divisor={self.divisor}"
         return f"factor={self.factor}"
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_inputs(inputs)
         size = math.prod(inputs.shape[1:])
         logabsdet = inputs.new_full((inputs.shape[0],), size * self.log_factor)
+        if self.divisor is not None:
+            return inputs / self.divisor, logabsdet
         return inputs * self.factor, logabsdet
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_inputs(inputs)
         size = math.prod(inputs.shape[1:])
         logabsdet = inputs.new_full((inputs.shape[0],), -size * self.log_factor)
+        if self.divisor is not None:
+            return inputs * self.divisor, logabsdet
         return inputs / self.factor, logabsdet
 
 
@@ -140,7 +164,7 @@ def pixel_preprocessing(
     """The layers that turn pixel levels into a continuous input: dequantize, scale, logit.
 
     ``[UniformDequantization(levels) | VariationalDequantization(shape, levels),
-    Scale(1 / levels), Logit(alpha)]`` (no logit if ``alpha`` is None). Put them at the
+    Scale(divisor=levels), Logit(alpha)]`` (no logit if ``alpha`` is None). Put them at the
     start of a stack; their contributions are counted like any layer's.
 
     Args:
@@ -165,7 +189,7 @@ def pixel_preprocessing(
         raise ValueError(
             f"dequantization must be 'uniform', 'variational' or 'none', got {dequantization!r}"
         )
-    layers.append(Scale(1.0 / levels))
+    layers.append(Scale(divisor=levels))
     if alpha is not None:
         layers.append(Logit(alpha))
     return layers

@@ -130,3 +130,32 @@ def test_nice_published_figure_in_bits_per_dim():
     assert bits_per_dim_to_nats(nats_to_bits_per_dim(nll, 784), 784) == pytest.approx(nll)
     # a uniform density on [0, 256)^D is exactly 8 bits/dim
     assert nats_to_bits_per_dim(784 * math.log(256), 784) == pytest.approx(8.0)
+
+
+def test_dividing_by_the_levels_keeps_the_top_value_below_one():
+    """Pixel preprocessing divides by ``levels``: the largest float32 below ``levels``
+    maps below 1 for every level count, where multiplying by ``1 / levels`` does not."""
+    levels = torch.arange(2, 257, dtype=torch.float32).unsqueeze(1)  # (255, 1)
+    top = torch.nextafter(levels, torch.zeros_like(levels))  # largest value below levels
+    divided = torch.cat([Scale(divisor=int(n))(t.view(1, 1))[0] for n, t in zip(levels, top)])
+    multiplied = torch.cat([Scale(1 / int(n))(t.view(1, 1))[0] for n, t in zip(levels, top)])
+    assert bool((divided < 1).all())
+    assert bool((multiplied >= 1).any())  # e.g. 255: the reason pixel_preprocessing divides
+    layers = pixel_preprocessing(255, alpha=0.0, dequantization="none")
+    h = torch.nextafter(torch.tensor([[255.0]]), torch.tensor([[254.0]]))
+    for layer in layers:
+        h, logabsdet = layer(h)
+        assert bool(torch.isfinite(h).all() & torch.isfinite(logabsdet).all())
+
+
+def test_scale_takes_one_of_factor_and_divisor():
+    with pytest.raises(ValueError, match="exactly one of factor and divisor"):
+        Scale()
+    with pytest.raises(ValueError, match="exactly one of factor and divisor"):
+        Scale(0.5, divisor=2)
+    x = torch.rand(3, 4, dtype=torch.float64)
+    y_mul, lad_mul = Scale(0.25)(x)
+    y_div, lad_div = Scale(divisor=4)(x)
+    torch.testing.assert_close(y_mul, y_div)
+    torch.testing.assert_close(lad_mul, lad_div)
+    torch.testing.assert_close(Scale(divisor=4).inverse(y_div)[0], x)
