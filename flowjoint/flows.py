@@ -26,6 +26,7 @@ from flowjoint.checks import (
     check_positive_int,
 )
 from flowjoint.distributions import BaseDistribution
+from flowjoint.stochastic import AugmentedState
 from flowjoint.transforms import Transform, is_stochastic, stochastic_layers
 
 __all__ = ["Flow"]
@@ -92,7 +93,11 @@ class Flow(Distribution):
 
     # -- inputs -------------------------------------------------------------------------
 
-    def _check(self, inputs: Tensor, context: Tensor | None) -> None:
+    def _check(self, inputs: Tensor | AugmentedState, context: Tensor | None) -> None:
+        if isinstance(inputs, AugmentedState):  # a stack that starts after Augment
+            self._check(inputs.data, None)
+            self._check(inputs.latent, context)
+            return
         check_inputs(inputs)
         if context is not None:
             check_inputs(context, None, "context")
