@@ -147,7 +147,8 @@ class _Dequantization(StochasticTransform):
         check_positive_int(num_samples, "num_samples")
         if not self.validate or inputs.numel() == 0 or torch.compiler.is_compiling():
             return
-        bad = (inputs != inputs.floor()) | (inputs < 0)
+        # floor(inf) == inf, so +inf passes the integer test: refuse it explicitly.
+        bad = (inputs != inputs.floor()) | (inputs < 0) | inputs.isinf()
         if self.levels is not None:
             bad = bad | (inputs > self.levels - 1)
         if bool(bad.any()):

@@ -525,7 +525,7 @@ def test_log_prob_of_a_stochastic_stack_names_the_layer():
     ids=["uniform", "uniform-levels", "variational"],
 )
 @pytest.mark.parametrize(
-    "value", [0.5, -1.0, math.nan, 4.0], ids=["half", "negative", "nan", "top"]
+    "value", [0.5, -1.0, math.nan, math.inf, 4.0], ids=["half", "negative", "nan", "inf", "top"]
 )
 def test_dequantization_refuses_non_integer_levels(layer, value):
     x = torch.tensor([[0.0, value]])
