@@ -597,7 +597,28 @@ def test_generative_direction_floors_and_drops_eps():
         Augment(3).inverse(x)
 
 
-def test_uniform_dequantization_stays_below_the_next_level_in_float32():
-    x = torch.full((1, 2000), 255.0)
+class ConstantNet(torch.nn.Module):
+    """A conditioner giving ``mu = value`` and ``log sigma = 0`` everywhere."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, context):
+        mu = torch.full_like(context, self.value)
+        return torch.cat([mu, torch.zeros_like(context)], dim=1)  # (batch, 2C, ...)
+
+
+def test_dequantized_values_stay_below_the_next_level_in_float32(monkeypatch):
+    """255 + u rounds to 256 in float32 for u > 1 - 2^-17; the layers keep x + u < x + 1."""
+    x = torch.tensor([[0.0, 255.0]])
+    largest_below_one = 1 - 2**-24  # float32
+    monkeypatch.setattr(torch, "rand_like", lambda t: torch.full_like(t, largest_below_one))
     y, _ = UniformDequantization(256)(x)
-    assert bool((y < 256).all()) and bool((y >= 255).all())
+    assert bool((y < x + 1).all()) and torch.equal(y.floor(), x)
+    monkeypatch.undo()
+    # sigmoid(30) is 1.0 in float32.
+    layer = VariationalDequantization(2, 256, net=ConstantNet(30.0))
+    y, log_weight = layer(x, num_samples=3)
+    assert bool((y < x + 1).all()) and torch.equal(y.floor(), x.expand(3, 2))
+    assert bool(log_weight.isfinite().all())
