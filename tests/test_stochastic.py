@@ -622,3 +622,22 @@ def test_dequantized_values_stay_below_the_next_level_in_float32(monkeypatch):
     y, log_weight = layer(x, num_samples=3)
     assert bool((y < x + 1).all()) and torch.equal(y.floor(), x.expand(3, 2))
     assert bool(log_weight.isfinite().all())
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [UniformDequantization(4), VariationalDequantization(2, 4)],
+    ids=["uniform", "variational"],
+)
+def test_samples_of_a_dequantized_flow_are_levels(layer):
+    """The logit's squeeze lets a flow's samples fall just outside [0, levels): floor,
+    then the nearest level."""
+    torch.manual_seed(0)
+    flow = realnvp(2, num_layers=2, hidden_features=8)
+    stack = Flow(Compose([layer, Scale(0.25), Logit(0.05), *flow.transform]), flow.base)
+    samples = stack.sample(5000)  # about 0.3% land beyond each end
+    assert torch.equal(samples, samples.floor())
+    assert bool(((samples >= 0) & (samples <= 3)).all())
+    outside = torch.tensor([[-0.2, 4.2]])
+    assert layer.inverse(outside)[0].tolist() == [[0.0, 3.0]]
+    assert UniformDequantization().inverse(outside)[0].tolist() == [[0.0, 4.0]]
