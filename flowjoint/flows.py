@@ -26,6 +26,7 @@ from flowjoint.checks import (
     check_positive_int,
 )
 from flowjoint.distributions import BaseDistribution
+from flowjoint.stochastic import AugmentedState
 from flowjoint.transforms import Transform, is_stochastic, repeat_rows, stochastic_layers
 
 __all__ = ["Flow"]
@@ -86,7 +87,16 @@ class Flow(Distribution):
 
     # -- inputs -------------------------------------------------------------------------
 
-    def _check(self, inputs: Tensor, context: Tensor | None) -> None:
+    def _check(self, inputs: Tensor | AugmentedState, context: Tensor | None) -> None:
+        if isinstance(inputs, AugmentedState):  # a stack that starts after Augment
+            Flow._check(self, inputs.data, None)
+            Flow._check(self, inputs.latent, context)
+            return
+        if isinstance(context, (int, float)) and not isinstance(context, bool):
+            raise TypeError(
+                f"context must be a torch.Tensor or None, got {context!r}; pass num_samples "
+                f"by keyword (num_samples={context!r})"
+            )
         check_inputs(inputs)
         if context is not None:
             check_inputs(context, None, "context")

@@ -9,9 +9,9 @@ one-sample likelihood contribution ``log p(inputs | outputs) - log q(outputs | i
     VariationalDequantization   x -> x + u,    u = sigmoid(mu(x) + sigma(x) * eps)
                                                                     -log q(u | x)
 
-The generative directions are: drop ``eps``; ``floor``. With ``num_samples=K`` each
-layer draws ``K`` outputs per input row (consecutive rows), computing what depends
-on the input alone once per row.
+The generative directions are: drop ``eps``; ``floor`` (to the nearest level). With
+``num_samples=K`` each layer draws ``K`` outputs per input row (consecutive rows),
+computing what depends on the input alone once per row.
 
 References:
     SurVAE Flows: Surjections to Bridge the Gap between VAEs and Flows. Nielsen,
@@ -140,7 +140,8 @@ class _Dequantization(StochasticTransform):
         check_positive_int(num_samples, "num_samples")
         if not self.validate or inputs.numel() == 0 or torch.compiler.is_compiling():
             return
-        bad = (inputs != inputs.floor()) | (inputs < 0)
+        # floor(inf) == inf, so +inf passes the integer test: refuse it explicitly.
+        bad = (inputs != inputs.floor()) | (inputs < 0) | inputs.isinf()
         if self.levels is not None:
             bad = bad | (inputs > self.levels - 1)
         if bool(bad.any()):
@@ -158,9 +159,15 @@ class _Dequantization(StochasticTransform):
         return torch.minimum(inputs + noise, top)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``floor(inputs)``; the second value is NaN (no density in this direction)."""
+        """``floor(inputs)`` clamped to ``[0, levels - 1]``; the second value is NaN.
+
+        A flow's samples can land just outside ``[0, levels)`` (a logit squeezed by
+        ``alpha`` maps the real line a fraction of a level past each end); they are
+        given the nearest level. There is no density in this direction.
+        """
         check_inputs(inputs)
-        return inputs.floor(), _nan(inputs.shape[0], inputs)
+        top = None if self.levels is None else self.levels - 1
+        return inputs.floor().clamp(0, top), _nan(inputs.shape[0], inputs)
 
 
 class UniformDequantization(_Dequantization):
@@ -175,7 +182,8 @@ class UniformDequantization(_Dequantization):
     so a stack ``[UniformDequantization(), flow]`` gives ``E_u[log p(x + u)] <= log P(x)``
     (Theis et al., 2016) as its ELBO and tighter IWAE bounds with ``K`` draws. A zero
     ``u`` is replaced by the dtype's smallest positive normal number, so that ``x + u``
-    is never exactly 0 (a logit of it stays finite). The inverse is ``floor``.
+    is never exactly 0 (a logit of it stays finite). The inverse is ``floor``, clamped
+    to the levels.
 
     Args:
         levels: the number of levels of the data (e.g. 256), or ``None``; with
@@ -228,7 +236,7 @@ class VariationalDequantization(_Dequantization):
     ``mu`` and ``sigma`` are computed once per ``x`` for its ``K`` draws. Trained with the
     flow above it, ``q`` moves ``u`` to where the flow's density is high, which
     tightens ``E_q[log p(x + u) - log q(u | x)] <= log P(x)`` (Flow++). The inverse is
-    ``floor``.
+    ``floor``, clamped to the levels.
 
     Args:
         shape: the event shape of ``x`` (an int ``D`` or ``(C, H, W)``).

@@ -236,7 +236,9 @@ class JointVAE(Flow):
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
         check_inputs(inputs, self.data_shape)
         if context is not None:
-            raise ValueError("context must be None: JointVAE is unconditional")
+            # elbo(x, K) passes K as the context: say where it belongs.
+            hint = f" (pass num_samples={context} by keyword)" if isinstance(context, int) else ""
+            raise ValueError(f"context must be None: JointVAE is unconditional{hint}")
         if not self.validate or torch.compiler.is_compiling():
             return
         if self.decoder.family != "bernoulli":
