@@ -391,6 +391,8 @@ class AugmentedFlow(Flow):
         log_scale_bound: soft bound on every log-scale; see ``JointVAE``.
         preprocessing: layers applied before the augmentation (dequantization,
             :class:`~flowjoint.preprocess.Scale`, :class:`~flowjoint.preprocess.Logit`).
+        validate: check that the data (and ``eps`` given to ``log_prob``) are finite
+            at every public entry, as ``Flow(validate=True)`` does (reads values).
 
     Example:
         >>> import torch
@@ -411,6 +413,7 @@ class AugmentedFlow(Flow):
         decoder_nets: Sequence[nn.Module] | None = None,
         log_scale_bound: float | None = LOG_SCALE_BOUND,
         preprocessing: Sequence[Transform] = (),
+        validate: bool = False,
     ) -> None:
         shape = check_event_shape(data_features, "data_features")
         d = check_positive_int(latent_features, "latent_features")
@@ -432,7 +435,7 @@ class AugmentedFlow(Flow):
         for encoder, decoder in zip(encoder_nets, decoder_nets):
             layers.append(encoder_coupling(shape, d, encoder, log_scale_bound))
             layers.append(decoder_coupling(shape, d, decoder, log_scale_bound))
-        super().__init__(Compose(layers), JointNormal(shape, d))
+        super().__init__(Compose(layers), JointNormal(shape, d), validate=validate)
         self.data_shape, self.latent_features, self.num_steps = shape, d, num_steps
         self.num_preprocessing = len(preprocessing)
 

@@ -78,8 +78,12 @@ class BernoulliDecoder(nn.Module):
         """``E[x|z] = sigmoid(logits)``, ``(batch, *data_shape)``."""
         return torch.sigmoid(self.logits(z))
 
-    def sample(self, z: Tensor) -> Tensor:
-        """``x ~ p(x|z)``, ``(batch, *data_shape)``."""
+    def sample(self, z: Tensor, temperature: float = 1.0) -> Tensor:
+        """``x ~ p(x|z)``, ``(batch, *data_shape)``.
+
+        ``temperature`` is accepted for the decoders' common signature; Bernoulli draws
+        have no Gaussian noise to scale, so it does not change them.
+        """
         return torch.bernoulli(self.mean(z))
 
 
@@ -138,10 +142,15 @@ class GaussianDecoder(nn.Module):
         """``E[x|z] = m(z)``, ``(batch, *data_shape)``."""
         return self.mean_and_scale(z)[0]
 
-    def sample(self, z: Tensor) -> Tensor:
-        """``x = m(z) + s(z) * u``, ``u ~ N(0, I)``, ``(batch, *data_shape)``."""
+    def sample(self, z: Tensor, temperature: float = 1.0) -> Tensor:
+        """``x = m(z) + s(z) * u``, ``u ~ N(0, T^2 I)``, ``(batch, *data_shape)``.
+
+        ``temperature`` ``T`` scales the decoder's noise ``u`` as it scales the prior's,
+        so that the Gaussian VAE and the one-step augmented flow sample alike.
+        """
         mean, scale = self.mean_and_scale(z)
-        return torch.addcmul(mean, scale, torch.randn_like(mean))
+        noise = torch.randn_like(mean)
+        return torch.addcmul(mean, scale, noise if temperature == 1.0 else noise * temperature)
 
 
 class JointBase(BaseDistribution):
@@ -195,7 +204,7 @@ class JointBase(BaseDistribution):
                 f"temperature={temperature} needs a flowjoint prior, got "
                 f"{type(self.prior).__name__}"
             )
-        return AugmentedState(self.decoder.sample(z), z)
+        return AugmentedState(self.decoder.sample(z, temperature), z)
 
     def _sample(self, num_samples: int, context: Tensor | None) -> AugmentedState:
         return self.sample(num_samples, context)

@@ -154,7 +154,14 @@ class _Dequantization(StochasticTransform):
 
     @staticmethod
     def _add(inputs: Tensor, noise: Tensor) -> Tensor:
-        """``x + u`` kept below ``x + 1`` (float32 rounds ``255 + 0.99999997`` up to 256)."""
+        """``x + u`` kept inside ``(x, x + 1)`` where the dtype allows.
+
+        Below ``x + 1``: float32 rounds ``255 + 0.99999997`` up to 256. Above ``x``: a
+        zero ``u`` (``rand`` can return 0; a sigmoid underflows to 0 below about -100
+        in float32) becomes the dtype's smallest positive normal number, so that
+        ``x + u`` is never exactly 0 and a logit of it stays finite.
+        """
+        noise = noise.clamp_min(torch.finfo(noise.dtype).tiny)
         top = torch.nextafter(inputs + 1, inputs)  # the largest value below x + 1
         return torch.minimum(inputs + noise, top)
 
@@ -207,8 +214,7 @@ class UniformDequantization(_Dequantization):
         """``inputs`` ``(batch, *shape)`` -> ``(batch * K, *shape)``, zeros ``(batch * K,)``."""
         self._check(inputs, num_samples)
         inputs = repeat_rows(inputs, inputs.shape[0] * num_samples)
-        noise = torch.rand_like(inputs).clamp_min_(torch.finfo(inputs.dtype).tiny)
-        return self._add(inputs, noise), inputs.new_zeros(inputs.shape[0])
+        return self._add(inputs, torch.rand_like(inputs)), inputs.new_zeros(inputs.shape[0])
 
 
 def _default_conditioner(shape: tuple[int, ...], hidden_features: int) -> nn.Module:

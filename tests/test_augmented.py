@@ -13,6 +13,7 @@ import torch
 from nflows.transforms import InverseTransform
 from torch.distributions import Normal
 
+import flowjoint as fj
 from flowjoint import (
     MLP,
     AffineCoupling,
@@ -210,3 +211,29 @@ def test_augmented_flow_bad_input():
         encoder_coupling(D, d, "mlp")
     with pytest.raises(TypeError, match="AugmentedState"):
         model.encoder_couplings[0](torch.randn(3, D + d))
+
+
+def test_temperature_scales_the_decoder_noise_like_the_augmented_flow():
+    """At temperature 0 the Gaussian VAE and the one-step augmented flow are deterministic
+    and agree: the decoder's noise u is scaled like the prior's."""
+    torch.manual_seed(0)
+    vae = fj.JointVAE(4, 2, 8, likelihood="gaussian").double()
+    randomize_parameters(vae, 0.5)
+    flow = fj.AugmentedFlow(
+        4,
+        2,
+        1,
+        encoder_nets=[vae.encoder_coupling.elementwise.net],
+        decoder_nets=[vae.decoder.net],
+    ).double()
+    cold = vae.sample(3, temperature=0.0)
+    assert torch.equal(cold, vae.sample(3, temperature=0.0))
+    torch.testing.assert_close(cold, flow.sample(3, temperature=0.0), rtol=0, atol=1e-12)
+
+
+def test_augmented_flow_validates_like_every_flow():
+    model = fj.AugmentedFlow(3, 2, 1, hidden_features=8, validate=True)
+    with pytest.raises(ValueError, match="inputs must be finite"):
+        model.elbo(torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match="eps must be finite"):
+        model.log_prob(torch.zeros(1, 3), torch.tensor([[float("inf"), 0.0]]))
