@@ -25,7 +25,6 @@ from flowjoint.elementwise import (
     ConditionalAffine,
     ConditionalElementwise,
     ElementwiseMap,
-    SplineMap,
     soft_clamp,
 )
 from flowjoint.flows import Flow
@@ -40,6 +39,7 @@ from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
 from flowjoint.normalization import ActNorm, BatchNorm
 from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
 from flowjoint.preprocess import Logit, Scale, pixel_preprocessing
+from flowjoint.splines import SplineMap
 from flowjoint.stochastic import (
     Augment,
     AugmentedState,

@@ -42,15 +42,10 @@ import torch
 from torch import Tensor, nn
 
 from flowjoint.checks import check_context, check_inputs, check_positive_int, sum_event
-from flowjoint.elementwise import (
-    AdditiveMap,
-    AffineMap,
-    ConditionalElementwise,
-    ElementwiseMap,
-    SplineMap,
-)
+from flowjoint.elementwise import AdditiveMap, AffineMap, ConditionalElementwise, ElementwiseMap
 from flowjoint.masks import check_mask
 from flowjoint.nets import ResidualConvNet
+from flowjoint.splines import SplineMap
 from flowjoint.transforms import BlockTransform
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "SplineCoupling"]

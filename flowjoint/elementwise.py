@@ -19,11 +19,9 @@ then the log-scale channels.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-from nflows.transforms.splines import unconstrained_rational_quadratic_spline
 from torch import Tensor, nn
 
 from flowjoint.checks import (
@@ -31,7 +29,6 @@ from flowjoint.checks import (
     check_event_shape,
     check_inputs,
     check_log_scale_bound,
-    check_number,
     check_positive_int,
     sum_event,
 )
@@ -44,7 +41,6 @@ __all__ = [
     "ConditionalAffine",
     "ConditionalElementwise",
     "ElementwiseMap",
-    "SplineMap",
     "soft_clamp",
 ]
 
@@ -123,77 +119,6 @@ class AdditiveMap(ElementwiseMap):
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, None]:
         return inputs - params, None
-
-
-class SplineMap(ElementwiseMap):
-    """Monotonic rational-quadratic spline on ``[-tail_bound, tail_bound]``, identity outside.
-
-    ``num_bins`` bins with ``3 * num_bins - 1`` parameters per scalar (widths, heights,
-    inner derivatives), evaluated by nflows' ``unconstrained_rational_quadratic_spline``
-    with linear tails. The raw derivatives are offset so that all-zero parameters
-    give the identity (uniform bins, unit derivatives), like a zero-initialised
-    affine map; nflows itself starts at derivative ``softplus(0) = 0.69``.
-
-    Args:
-        num_bins: number of bins ``K`` (>= 2).
-        tail_bound: half-width ``B`` of the interval where the spline acts.
-        min_bin_width: floor on a bin's width, as a fraction of the interval; with
-            the other two floors it keeps the spline strictly monotonic and
-            invertible in floating point (nflows' defaults).
-        min_bin_height: floor on a bin's height, as a fraction of the interval.
-        min_derivative: floor on the derivative at the knots.
-
-    References:
-        Neural Spline Flows. Durkan, Bekasov, Murray, Papamakarios, 2019.
-        arXiv:1906.04032.
-    """
-
-    def __init__(
-        self,
-        num_bins: int = 8,
-        tail_bound: float = 3.0,
-        min_bin_width: float = 1e-3,
-        min_bin_height: float = 1e-3,
-        min_derivative: float = 1e-3,
-    ) -> None:
-        super().__init__()
-        self.num_bins = check_positive_int(num_bins, "num_bins", minimum=2)
-        self.tail_bound = check_number(tail_bound, "tail_bound", low=0.0, low_open=True)
-        for name, value in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
-            check_number(value, name, low=0.0, high=1.0 / num_bins, low_open=True, high_open=True)
-        self.min_bin_width, self.min_bin_height = float(min_bin_width), float(min_bin_height)
-        self.min_derivative = check_number(
-            min_derivative, "min_derivative", low=0.0, high=1.0, low_open=True, high_open=True
-        )
-        self.num_params = 3 * num_bins - 1
-        # softplus(offset) + min_derivative = 1: zero parameters give unit derivatives.
-        self.derivative_offset = math.log(math.expm1(1.0 - self.min_derivative))
-
-    def extra_repr(self) -> str:
-        return f"num_bins={self.num_bins}, tail_bound={self.tail_bound}"
-
-    def _run(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        k = self.num_bins
-        theta = params.unflatten(1, (self.num_params, -1)).movedim(1, -1)  # (b, n, *rest, P)
-        outputs, logabsdet = unconstrained_rational_quadratic_spline(
-            inputs,
-            theta[..., :k],
-            theta[..., k : 2 * k],
-            theta[..., 2 * k :] + self.derivative_offset,
-            inverse=inverse,
-            tails="linear",
-            tail_bound=self.tail_bound,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
-        return outputs, logabsdet
-
-    def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(inputs, params, inverse=False)
-
-    def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(inputs, params, inverse=True)
 
 
 class ConditionalElementwise(Transform):
