@@ -84,6 +84,15 @@ def _read_npz(path: Path) -> np.ndarray:
         )
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError("not a .npy file (it does not start with NumPy's magic string)")
+    array = np.load(path, allow_pickle=False)
+    return array
+
+
 def read_array(path: str | os.PathLike) -> np.ndarray:
     """The array in a ``.npy``, ``.npz`` (one array, or the one named ``x``) or ``.csv`` file.
 
@@ -106,7 +115,7 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         elif suffix == ".npz":
             array = _read_npz(path)
         else:
-            array = np.load(path, allow_pickle=False)
+            array = _read_npy(path)
     except Exception as error:  # numpy raises many kinds (OSError, EOFError, zip errors)
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"{path}: cannot read it as an array of numbers: {detail}") from error

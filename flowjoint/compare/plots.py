@@ -31,6 +31,10 @@ __all__ = ["image_grid", "plot_curves", "plot_jacobians", "plot_samples"]
 TEMPERATURES: tuple[float, ...] = (1.0, 0.7)
 
 
+#: Fewer points than this are drawn as dots; more as a 2-D histogram.
+SCATTER_BELOW = 5000
+
+
 def _pyplot():  # noqa: ANN202
     import matplotlib
 
@@ -127,6 +131,11 @@ def plot_samples(
                 _show_images(ax, x, data)
             else:
                 x = x[torch.isfinite(x).all(1)]
+                if x.shape[0] < SCATTER_BELOW:
+                    ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2)
+                    ax.set_xlim(*window[0])
+                    ax.set_ylim(*window[1])
+                    continue
                 ax.hist2d(x[:, 0].numpy(), x[:, 1].numpy(), bins=150, range=window, cmap="viridis")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

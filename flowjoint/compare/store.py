@@ -51,7 +51,12 @@ def _differences(old: object, new: object, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    if old == new:
+        return []
+    key = prefix.rstrip(".")
+    if len(repr(old)) + len(repr(new)) > 80:  # a digest or a long path: the key says enough
+        return [f"{key} differs"]
+    return [f"{key}: {old!r} -> {new!r}"]
 
 
 class OutputFolder:
