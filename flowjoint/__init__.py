@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -170,6 +172,34 @@ __all__ = [
     "realnvp",
     "soft_clamp",
 ]
+
+
+class _Shadowing:
+    """A public name that is also a submodule's name: ``flowjoint.jacobian`` the function.
+
+    Importing ``flowjoint.jacobian`` (the module) makes Python bind the submodule to
+    that name on this package; as a data descriptor of the package's class, this
+    keeps the function there, as the eager ``from flowjoint.jacobian import jacobian``
+    did.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, package: object, owner: type | None = None) -> object:
+        return getattr(importlib.import_module(f"flowjoint.{self.name}"), self.name)
+
+    def __set__(self, package: object, value: object) -> None:
+        pass  # the import system binding the submodule
+
+
+class _Package(types.ModuleType):
+    """The class of this package's module object (it holds the :class:`_Shadowing` names)."""
+
+
+for _name in set(_MODULE_OF) & set(_EXPORTS):
+    setattr(_Package, _name, _Shadowing(_name))
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> object:
