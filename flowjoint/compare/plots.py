@@ -70,8 +70,7 @@ def _show_images(ax, images: Tensor, data: ComparisonData) -> None:  # noqa: ANN
     shape = data.image_shape or (1, *_square(data.train.shape[1]))
     x = images.reshape(-1, *shape).clamp(0, data.levels - 1) / (data.levels - 1)
     grid = image_grid(x, 8).numpy()
-    cmap = _pyplot().get_cmap("gray").copy()
-    cmap.set_bad("white")
+    cmap = _pyplot().get_cmap("gray").with_extremes(bad="white")  # the gaps
     ax.imshow(
         grid[..., 0] if shape[0] == 1 else grid[..., :3],
         cmap=cmap,
@@ -124,7 +123,7 @@ def plot_samples(
             ax.set_title(name, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-            if x is None:
+            if x is None or x.shape[0] == 0:  # no temperature; or too few test images
                 continue
             x = x.reshape(x.shape[0], -1)
             if pixels:
