@@ -141,18 +141,27 @@ def plot_samples(
     plt.close(fig)
 
 
+def _set_ylim(ax, values: list[float]) -> None:  # noqa: ANN001
+    values = [v for v in values if math.isfinite(v)]
+    if values:
+        low, high = min(values), max(values)
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
+        ax.set_ylim(low - pad, high + pad)
+
+
 def plot_curves(
     histories: Mapping[str, Sequence[dict]], bits: bool, path: str | os.PathLike
 ) -> None:
     """Validation (solid) and training (dashed) loss per epoch of every model.
 
-    The first epochs (a tenth of each run, at least one) are left out of the y-range:
-    their losses are far above the end of training and would flatten the differences
-    between models.
+    Left: every epoch but the first tenth of each run (at least one), whose losses are
+    far above the end of training and would flatten the differences between models.
+    Right: the validation losses of the second half of each run, where the models
+    are told apart.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    kept = []
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 4.2))
+    kept, tails = [], []
     for name, history in histories.items():
         if not history:
             continue
@@ -164,17 +173,21 @@ def plot_curves(
         train = [row["train_loss"] * scale for row in history]
         line = ax.plot(epochs, val, label=f"{name} (validation)")[0]
         ax.plot(epochs, train, ls="--", color=line.get_color(), alpha=0.7)
-        skip = max(1, math.ceil(0.1 * len(history)))
-        kept += [v for v in val[skip:] + train[skip:] if math.isfinite(v)]
-    if kept:
-        low, high = min(kept), max(kept)
-        pad = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
-        ax.set_ylim(low - pad, high + pad)
-    ax.set_xlabel("epoch")
+        skip, half = max(1, math.ceil(0.1 * len(history))), len(history) // 2
+        zoom.plot(epochs[half:], val[half:], color=line.get_color(), label=name)
+        kept += val[skip:] + train[skip:]
+        tails += val[half:]
+    _set_ylim(ax, kept)
+    _set_ylim(zoom, tails)
     unit = "bits/dim" if bits else "nats/example"
     ax.set_ylabel(f"{unit} (training dashed; first epochs clipped)")
+    ax.set_title("training and validation", fontsize=10)
+    zoom.set_ylabel(f"validation {unit}")
+    zoom.set_title("validation, second half of each run", fontsize=10)
+    for axes in (ax, zoom):
+        axes.set_xlabel("epoch")
     if histories:
-        ax.legend(fontsize=8)
+        zoom.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
