@@ -205,6 +205,23 @@ def test_interrupt_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
     assert "run the same command again" in err
 
 
+def test_other_evaluation_settings_score_the_best_weights_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compare", "--quick", "--models", "nice", "realnvp", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--draws", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "nice: scored with other evaluation settings" in err
+    assert "training had finished; evaluating its best weights" in err
+    assert "epochs" not in err  # nothing is trained
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["nice", "nice", "realnvp", "realnvp"]
+    assert {r["interval_over"] for r in rows if r["density_of"] == "x + u"} == {
+        "3 dequantization draws"
+    }
+
+
 def test_changed_settings_are_refused_before_training(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["compare", "--quick", "--models", "nice", "--no-progress", "--out", str(out)]

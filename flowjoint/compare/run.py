@@ -5,8 +5,9 @@
 scores each on the test set (:mod:`flowjoint.compare.evaluation`) and, as soon as a
 model is done, rewrites ``results.json``, ``results.md`` and the pictures with every
 finished model. A re-run with the same output folder skips the finished models,
-evaluates again a model interrupted during its evaluation, and resumes a model
-interrupted during training from its last epoch (:mod:`flowjoint.compare.store`).
+scores again (from its best weights) a model interrupted during its evaluation or
+scored with other evaluation settings, and resumes a model interrupted during
+training from its last epoch (:mod:`flowjoint.compare.store`).
 """
 
 from __future__ import annotations
@@ -118,14 +119,29 @@ class _Run:
         self.plots_available = True
 
     def settings(self, name: str) -> dict:
-        """What must match for a re-run to reuse ``name``'s checkpoints and rows."""
-        return _json(
-            {
-                "config": asdict(self.configs[name]),
-                "evaluation": asdict(self.evaluation),
-                "seed": self.seed,
-            }
-        )
+        """What must match for a re-run to reuse ``name``'s checkpoints."""
+        return _json({"config": asdict(self.configs[name]), "seed": self.seed})
+
+    def finished(self, names: Sequence[str]) -> dict[str, list[dict]]:
+        """The rows of the finished models in the output folder, by model.
+
+        A model of ``names`` scored with other evaluation settings is left out (its
+        best weights are scored again); the others are kept as they are.
+        """
+        folder, finished = self.folder, {}
+        if folder is None:
+            return finished
+        for row in folder.finished_rows():
+            finished.setdefault(row["model"], []).append(row)
+        evaluation = _json(asdict(self.evaluation))
+        for name in names:
+            rows = finished.get(name)
+            if rows and rows[0].get("evaluation") != evaluation:
+                del finished[name]
+                self.log(
+                    f"{self.tag(name)}: scored with other evaluation settings; scoring it again"
+                )
+        return finished
 
     def model_seed(self, name: str) -> int:
         # By registry position, so that a model's result does not depend on which
@@ -217,6 +233,7 @@ class _Run:
             "seed": self.seed,
             "quick": self.quick,
             "config": asdict(self.configs[name]),
+            "evaluation": _json(asdict(settings)),
         }
         if data.entropy is not None:
             extra["entropy_nats"] = data.entropy
@@ -322,13 +339,11 @@ def compare(
     hint = integer_hint(data)
     if hint:
         run.log(f"note: {hint}")
-    finished: dict[str, list[dict]] = {}
     if folder is not None:
         folder.prepare(_json({"dataset": data.description, "seed": seed, "quick": quick}))
         for name in names:
             folder.check_settings(name, run.settings(name))
-        for row in folder.finished_rows():
-            finished.setdefault(row["model"], []).append(row)
+    finished = run.finished(names)
     skipped = [name for name in names if name in finished]
     if skipped:
         run.log(f"{folder}: {', '.join(skipped)} already finished; skipping (rows kept)")

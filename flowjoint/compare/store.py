@@ -5,13 +5,14 @@ Layout::
     <out>/comparison.json          the data set and seed this folder is for
     <out>/results.json, results.md the rows and tables of the finished models
     <out>/samples.png, curves.png, jacobians.png
-    <out>/models/<name>/settings.json   the model's settings (checked on a re-run)
+    <out>/models/<name>/settings.json   its training settings (checked on a re-run)
     <out>/models/<name>/last.pt, best.pt  checkpoints written by fit every epoch
     <out>/models/<name>/fit.json   the training record, written when training ends
 
-A model is *finished* when its rows are in ``results.json``; a re-run skips it. A
-model with ``fit.json`` but no rows was interrupted during evaluation: its best
-weights are evaluated again. A model with only ``last.pt`` was interrupted during
+A model is *finished* when its rows are in ``results.json``; a re-run skips it,
+unless it asks for other evaluation settings (each row records its own). A model
+with ``fit.json`` but no rows was interrupted during evaluation: its best weights
+are evaluated again. A model with only ``last.pt`` was interrupted during
 training: fit resumes from it. Every file is written atomically (a temporary file
 renamed over the target), so an interruption never leaves half a file.
 """
