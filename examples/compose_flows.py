@@ -15,7 +15,7 @@ import torch
 from nflows.transforms import MaskedAffineAutoregressiveTransform
 
 from flowjoint import ActNorm, AffineCoupling, Compose, Flow, ReversePermutation, StandardNormal
-from flowjoint.data import TOY_DATASETS, toy_data
+from flowjoint.toys import TOY_DATASETS, toy_data
 from flowjoint.train import evaluate, fit
 
 

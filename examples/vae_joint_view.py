@@ -26,7 +26,7 @@ and the joint view ``E[log p(x, eps)] + H`` = -133.09 +- 0.44 for JointVAE.
 
 Usage::
 
-    python examples/vae_joint_view.py --raw-reference --seeds 0 1 --out results/vae
+    python examples/vae_joint_view.py --raw-reference --seeds 0 1 --out runs/vae
     python examples/vae_joint_view.py --quick          # a few seconds, smoke test
 """
 
@@ -116,7 +116,7 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=16384, help="IWAE rows per pass")
     parser.add_argument("--raw-reference", action="store_true", help="also train a raw VAE")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="results/vae_joint_view")
+    parser.add_argument("--out", default="runs/vae_joint_view")
     parser.add_argument("--quick", action="store_true", help="tiny run for smoke tests")
     args = parser.parse_args(argv)
     if args.quick:
@@ -157,7 +157,7 @@ def train(model, train_x, args, seed):
 @torch.no_grad()
 def evaluate(model, test_x, args, joint_view):
     model.eval()
-    result = {"elbo": model.elbo(test_x, args.elbo_samples).mean().item()}
+    result = {"elbo": model.elbo(test_x, num_samples=args.elbo_samples).mean().item()}
     if joint_view:
         # E_eps[log p(x, eps)] + H, read off the flow's density on (x, eps).
         x = test_x.repeat_interleave(args.elbo_samples, dim=0)
@@ -187,8 +187,9 @@ def run(kind, train_x, test_x, args, seed):
 
 
 def summarise(results, key):
+    """Mean and standard deviation over seeds (None for one seed)."""
     values = torch.tensor([r[key] for r in results], dtype=torch.float64)
-    std = values.std().item() if len(values) > 1 else float("nan")
+    std = values.std().item() if len(values) > 1 else None
     return values.mean().item(), std
 
 
@@ -238,13 +239,15 @@ def main(argv=None):
             results.append(result)
             print(json.dumps(result), flush=True)
     keys = ["elbo", "joint_plus_entropy", *[f"iwae_{k}" for k in args.ks], "ms_per_step"]
-    print(f"\nTest set, nats per image ({len(args.seeds)} seeds, mean +- std):")
+    spread = "mean +- std" if len(args.seeds) > 1 else "one seed"
+    print(f"\nTest set, nats per image ({len(args.seeds)} seeds, {spread}):")
     for kind in kinds:
         rows = [r for r in results if r["model"] == kind]
         for key in keys:
             if key in rows[0]:
                 mean, std = summarise(rows, key)
-                print(f"  {kind:9s} {key:20s} {mean:10.2f} +- {std:.2f}")
+                deviation = f" +- {std:.2f}" if std is not None else ""
+                print(f"  {kind:9s} {key:20s} {mean:10.2f}{deviation}")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     save_figures(results, models, args)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from flowjoint.checks import check_event_shape, check_positive_int
-from flowjoint.jacobian import _flat, _unflat, jacobian
+from flowjoint.jacobians import _flat, _unflat, jacobian
 from flowjoint.stochastic import AugmentedState, repeat_rows
 from flowjoint.transforms import Transform, is_stochastic
 

@@ -17,7 +17,7 @@ def load_example():
     return module
 
 
-def test_quick_run(tmp_path):
+def test_quick_run(tmp_path, one_thread):
     results = load_example().main(["--quick", "--raw-reference", "--out", str(tmp_path)])
     assert {r["model"] for r in results} == {"flowjoint", "raw"}
     for r in results:
@@ -30,3 +30,9 @@ def test_quick_run(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["results"]) == 2
+
+
+def test_one_seed_prints_no_nan(tmp_path, capsys, one_thread):
+    load_example().main(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "one seed" in out and "nan" not in out.lower()

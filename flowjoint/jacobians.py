@@ -215,7 +215,7 @@ def plot_jacobian_patterns(
 
     Args:
         jacobians: title -> ``((batch,) D, D)`` Jacobian, e.g. from
-            [`jacobian`][flowjoint.jacobian.jacobian].
+            [`jacobian`][flowjoint.jacobian].
         masks: title -> mask ``(D,)`` (True = transformed) for the panels to reorder.
         path: if given, the figure is saved there (PNG, 150 dpi).
 

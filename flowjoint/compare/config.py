@@ -1,0 +1,297 @@
+"""What a comparison runs: the model registry, each model's settings per data set.
+
+This module imports neither torch nor the library's models, so that the command
+line can list data sets and models (``flowjoint compare --help``) at once; a
+model's builder is named by ``"module:function"`` and imported when the model is
+built (:func:`flowjoint.compare.models.build_model`).
+
+A model is registered once with :func:`register_model`, with its settings on each
+group of data sets (``"digits"``, ``"mnist5k"``, ``"toy"``, ``"array"`` for a user's
+file); :func:`default_config` then gives them, shrunk by :data:`QUICK` for an
+end-to-end check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+__all__ = [
+    "DATASETS",
+    "DATA_GROUPS",
+    "EvaluationConfig",
+    "MODELS",
+    "ModelConfig",
+    "ModelSpec",
+    "PIXEL_DATASETS",
+    "QUICK",
+    "TOY_DATASETS",
+    "config_fields",
+    "default_config",
+    "data_group",
+    "default_evaluation",
+    "model_spec",
+    "register_model",
+]
+
+PIXEL_DATASETS: tuple[str, ...] = ("digits", "mnist5k")
+#: The 2-D toys of :mod:`flowjoint.toys` (named here so that no torch import is needed).
+TOY_DATASETS: tuple[str, ...] = ("moons", "8gaussians", "checkerboard", "rings", "2spirals")
+DATASETS: tuple[str, ...] = PIXEL_DATASETS + TOY_DATASETS
+#: Groups of data sets that share model settings: each pixel data set, the toys, and
+#: a user's array file (``--dataset path.npy``).
+DATA_GROUPS: tuple[str, ...] = ("digits", "mnist5k", "toy", "array")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and training budget of one model on one data set.
+
+    Attributes:
+        epochs, batch_size, lr, weight_decay, schedule, patience, clip_grad_norm:
+            passed to :func:`flowjoint.train.fit` (see :class:`flowjoint.train.FitOptions`).
+        num_layers: coupling layers (NICE, Real NVP) or encoder/decoder pairs (the
+            augmented flow's ``num_steps``).
+        hidden_features: width of every hidden layer.
+        num_hidden_layers: depth of each conditioner, encoder and decoder MLP.
+        latent_features: ``d``, the dimension of ``eps`` (VAE, augmented flow).
+        mask_pattern: ``"halves"`` or ``"checkerboard"`` coupling masks.
+        actnorm: an ActNorm before each Real NVP coupling.
+        alpha: the logit squeeze of pixel data (:class:`flowjoint.Logit`).
+        dequantization: ``"uniform"`` or ``"variational"``: the first layer of a
+            model of pixel data (:func:`flowjoint.pixel_preprocessing`).
+    """
+
+    epochs: int = 40
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str | None = "onecycle"
+    patience: int | None = None
+    clip_grad_norm: float | None = 100.0
+    num_layers: int = 8
+    hidden_features: int = 256
+    num_hidden_layers: int = 2
+    latent_features: int = 16
+    mask_pattern: str = "checkerboard"
+    actnorm: bool = True
+    alpha: float = 0.01
+    dequantization: str = "uniform"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "num_layers", "hidden_features"):
+            _check_positive_int(getattr(self, name), name)
+        _check_positive_int(self.num_hidden_layers, "num_hidden_layers")
+        _check_positive_int(self.latent_features, "latent_features")
+        if self.mask_pattern not in ("halves", "checkerboard"):
+            raise ValueError(
+                f"mask_pattern must be 'halves' or 'checkerboard', got {self.mask_pattern!r}"
+            )
+        if self.dequantization not in ("uniform", "variational"):
+            raise ValueError(
+                f"dequantization must be 'uniform' or 'variational', got {self.dequantization!r}"
+            )
+        if not 0 <= self.alpha < 0.5:
+            raise ValueError(f"alpha must be in [0, 0.5), got {self.alpha!r}")
+
+    @property
+    def fit_options(self) -> dict[str, object]:
+        """The fields that are :class:`flowjoint.train.FitOptions` fields."""
+        names = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "patience")
+        return {name: getattr(self, name) for name in (*names, "clip_grad_norm")}
+
+
+def _check_positive_int(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How the test set is scored.
+
+    Attributes:
+        num_draws: ``R``, independent uniform dequantization draws of the test set for
+            the rows on ``x + u`` (pixel data; ignored for continuous data).
+        iwae_samples: the ``K`` of the ``iwae_K`` rows over ``eps`` (models with an
+            augmentation; ``K = 1`` is a second estimate of the ELBO).
+        discrete_samples: the ``K`` of the bound on the discrete data, IWAE over the
+            dequantization noise (and ``eps``) of the whole stack (pixel data only).
+        chunk_size: rows per forward pass of an IWAE (memory against speed).
+    """
+
+    num_draws: int = 5
+    iwae_samples: tuple[int, ...] = (1, 10, 100, 1000)
+    discrete_samples: int = 1000
+    chunk_size: int = 16384
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self.num_draws, "num_draws")
+        _check_positive_int(self.discrete_samples, "discrete_samples")
+        _check_positive_int(self.chunk_size, "chunk_size")
+        for k in self.iwae_samples:
+            _check_positive_int(k, "iwae_samples")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the comparison can train.
+
+    Attributes:
+        name: the name on the command line and in the table.
+        summary: one line for ``--help``.
+        builder: ``"module:function"``; the function takes ``(data, config)`` (a
+            :class:`flowjoint.compare.models.DataSpec` and a :class:`ModelConfig`) and
+            returns a :class:`flowjoint.Flow` whose stack starts with the data's
+            preprocessing.
+        images: the model takes images ``(n, C, H, W)``; otherwise vectors ``(n, D)``.
+            A model that takes images runs only on data with an image shape.
+        defaults: its :class:`ModelConfig` per group of :data:`DATA_GROUPS`.
+    """
+
+    name: str
+    summary: str
+    builder: str
+    images: bool = False
+    defaults: Mapping[str, ModelConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if ":" not in self.builder:
+            raise ValueError(f"builder must be 'module:function', got {self.builder!r}")
+        unknown = set(self.defaults) - set(DATA_GROUPS)
+        if unknown:
+            raise ValueError(
+                f"defaults has unknown data groups {sorted(unknown)}; groups are "
+                f"{', '.join(DATA_GROUPS)}"
+            )
+
+
+#: The registered models, in table order.
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to :data:`MODELS` (a model of the same name is replaced)."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
+    MODELS[spec.name] = spec
+    return spec
+
+
+# The digits settings were tuned on the validation set (docs/results.md): 8 layers,
+# 256-wide MLPs, Adam with a one-cycle schedule from 1e-3, batch 100; MNIST-5k uses
+# them as they are. The toys have 50,000 training points, hence batch 500.
+_PIXEL = {
+    "nice": ModelConfig(epochs=80, num_layers=8, num_hidden_layers=3, weight_decay=1e-4),
+    "realnvp": ModelConfig(epochs=40, num_layers=8, weight_decay=1e-4),
+    "vae": ModelConfig(epochs=400, hidden_features=256, latent_features=16),
+    "augmented": ModelConfig(epochs=200, num_layers=2, hidden_features=256, latent_features=16),
+}
+_TOY = {
+    "nice": ModelConfig(
+        epochs=60, batch_size=500, lr=2e-3, hidden_features=128, mask_pattern="halves"
+    ),
+    "realnvp": ModelConfig(
+        epochs=120, batch_size=500, lr=2e-3, hidden_features=128, mask_pattern="halves"
+    ),
+    "vae": ModelConfig(epochs=60, batch_size=500, lr=2e-3, hidden_features=128, latent_features=2),
+    "augmented": ModelConfig(
+        epochs=60, batch_size=500, lr=2e-3, num_layers=4, hidden_features=128, latent_features=2
+    ),
+}
+# A user's file: no tuning is possible, so moderate models and 100 epochs (override
+# with --epochs and the other budget options).
+_ARRAY = {
+    "nice": ModelConfig(epochs=100, hidden_features=128, num_hidden_layers=3),
+    "realnvp": ModelConfig(epochs=100, hidden_features=128),
+    "vae": ModelConfig(epochs=100, hidden_features=128, latent_features=8),
+    "augmented": ModelConfig(epochs=100, num_layers=2, hidden_features=128, latent_features=8),
+}
+_SUMMARIES = {
+    "nice": "NICE: additive couplings, then a diagonal scaling (exact likelihood)",
+    "realnvp": "Real NVP: affine couplings, an ActNorm before each (exact likelihood)",
+    "vae": "VAE with a Gaussian decoder, a flow on (x, eps) (bounds)",
+    "augmented": "augmented flow: encoder/decoder coupling pairs on (x, eps) (bounds)",
+}
+for _name, _summary in _SUMMARIES.items():
+    register_model(
+        ModelSpec(
+            _name,
+            _summary,
+            f"flowjoint.compare.models:build_{_name}",
+            defaults={
+                "digits": _PIXEL[_name],
+                "mnist5k": _PIXEL[_name],
+                "toy": _TOY[_name],
+                "array": _ARRAY[_name],
+            },
+        )
+    )
+
+#: What ``--quick`` changes: tiny models and 2 epochs, an end-to-end check in seconds.
+QUICK: dict[str, object] = dict(
+    epochs=2, num_layers=2, hidden_features=32, num_hidden_layers=1, latent_features=2
+)
+
+_EVALUATION = {
+    # On digits the bound on the discrete data with K = 1000 costs about as much as
+    # training a flow (500 x 1000 passes); the IWAE rows on x + u stop at K = 100, within
+    # 0.01 bits/dim of K = 1000 (docs/results.md), to keep the VAEs' evaluation short.
+    "digits": EvaluationConfig(iwae_samples=(1, 10, 100), discrete_samples=1000),
+    "mnist5k": EvaluationConfig(iwae_samples=(1, 10, 100), discrete_samples=100),
+    "toy": EvaluationConfig(num_draws=1, iwae_samples=(1, 10, 100), discrete_samples=1),
+    "array": EvaluationConfig(iwae_samples=(1, 10, 100), discrete_samples=100),
+}
+_QUICK_EVALUATION = EvaluationConfig(num_draws=2, iwae_samples=(1, 10), discrete_samples=10)
+
+
+def data_group(dataset: str) -> str:
+    """The group of :data:`DATA_GROUPS` whose settings ``dataset`` uses.
+
+    A name of :data:`DATASETS` gives its own group (the toys share ``"toy"``); any
+    other string is taken as a user's file (``"array"``).
+    """
+    if dataset in PIXEL_DATASETS:
+        return dataset
+    return "toy" if dataset in TOY_DATASETS else "array"
+
+
+def model_spec(model: str) -> ModelSpec:
+    """The registered :class:`ModelSpec` of ``model``, or a ValueError naming the choices."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+    return MODELS[model]
+
+
+def default_config(dataset: str, model: str, quick: bool = False) -> ModelConfig:
+    """The settings of ``model`` on ``dataset`` (tiny ones with ``quick``).
+
+    Args:
+        dataset: a name of :data:`DATASETS`, or anything else for a user's file.
+        model: a name of :data:`MODELS`.
+        quick: apply :data:`QUICK`.
+
+    Example:
+        >>> default_config("digits", "realnvp").epochs, default_config("digits", "vae").epochs
+        (40, 400)
+    """
+    spec = model_spec(model)
+    group = data_group(dataset)
+    config = spec.defaults.get(group)
+    if config is None:
+        raise ValueError(f"model {model!r} has no settings for data like {dataset!r}")
+    return replace(config, **QUICK) if quick else config
+
+
+def default_evaluation(dataset: str, quick: bool = False) -> EvaluationConfig:
+    """How ``dataset`` is scored (a few draws and small ``K`` with ``quick``)."""
+    if quick:
+        return _QUICK_EVALUATION
+    return _EVALUATION[data_group(dataset)]
+
+
+def config_fields() -> tuple[str, ...]:
+    """The names of :class:`ModelConfig`'s fields (what ``overrides`` may set)."""
+    return tuple(f.name for f in fields(ModelConfig))
