@@ -1,4 +1,4 @@
-"""``python -m flowjoint`` runs the command line (see :mod:`flowjoint.cli`)."""
+"""``python -m flowjoint`` runs the command line (see `cli`)."""
 
 import sys
 

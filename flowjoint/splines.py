@@ -63,7 +63,9 @@ def rational_quadratic_spline(
             (the slope of the identity outside).
         inverse: evaluate the inverse map.
         bound: half-width of the interval.
-        min_bin_width, min_bin_height, min_derivative: floors (see :class:`SplineMap`).
+        min_bin_width: floor on a bin's width (see [`SplineMap`][flowjoint.SplineMap]).
+        min_bin_height: floor on a bin's height.
+        min_derivative: floor on the knot derivatives.
 
     Returns:
         ``outputs`` and the element-wise ``log |dy/dx|`` (of the inverse if ``inverse``),
@@ -121,7 +123,7 @@ class SplineMap(ElementwiseMap):
     """Monotonic rational-quadratic spline on ``[-tail_bound, tail_bound]``, identity outside.
 
     ``num_bins`` bins with ``3 * num_bins - 1`` parameters per scalar (widths, heights,
-    inner derivatives), evaluated by :func:`rational_quadratic_spline` (nflows'
+    inner derivatives), evaluated by `rational_quadratic_spline` (nflows'
     parametrisation with linear tails). The raw derivatives are offset so that
     all-zero parameters give the identity (uniform bins, unit derivatives), like a
     zero-initialised affine map; nflows itself starts at derivative ``softplus(0) = 0.69``.

@@ -2,7 +2,7 @@
 
 Each layer draws its output in the data -> noise direction and returns its
 one-sample likelihood contribution ``log p(inputs | outputs) - log q(outputs | inputs)``
-(see :mod:`flowjoint.transforms`)::
+(see `transforms`)::
 
     Augment(d)                  x -> (x, eps), eps ~ N(0, I_d)      -log N(eps)
     UniformDequantization()     x -> x + u,    u ~ U[0, 1)^D        0
@@ -250,10 +250,10 @@ class VariationalDequantization(_Dequantization):
             ``x / levels - 0.5``, centred and of unit range.
         net: the conditioner, mapping ``(batch, *shape)`` to ``(batch, 2C, *rest)``
             (``mu``, then the unconstrained ``log sigma``); default an MLP (vectors)
-            or a :class:`~flowjoint.nets.ResidualConvNet` (images), zero-initialised
+            or a [`ResidualConvNet`][flowjoint.ResidualConvNet] (images), zero-initialised
             (then ``u = sigmoid(eps)``).
         hidden_features: width (MLP) or channels (conv net) of the default conditioner.
-        log_scale_bound: soft bound on ``log sigma`` (:func:`flowjoint.soft_clamp`).
+        log_scale_bound: soft bound on ``log sigma`` ([`soft_clamp`][flowjoint.soft_clamp]).
         validate: check that inputs are integer levels (reads tensor values).
     """
 

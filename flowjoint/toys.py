@@ -93,7 +93,7 @@ def make_toy(name: str, num_samples: int, seed: int | None = None) -> Tensor:
     ``"2spirals"``: two interleaved spirals plus uniform and N(0, 0.1^2) noise.
 
     Args:
-        name: one of :data:`TOY_DATASETS`.
+        name: one of `TOY_DATASETS`.
         num_samples: number of points.
         seed: seed of ``numpy.random.default_rng``.
 

@@ -1,10 +1,10 @@
 """Training any flowjoint model: maximise ``model.elbo(x)``, the one objective of every stack.
 
 For a bijective stack ``elbo`` is the exact ``log_prob``; with stochastic layers (a
-VAE's augmentation, dequantization) it is the one-sample bound. :func:`fit` runs Adam
+VAE's augmentation, dequantization) it is the one-sample bound. `fit` runs Adam
 (schedule, clipping), validates with the same random draws every epoch, keeps the
 best weights, stops early, refuses non-finite values (the last good checkpoint stays)
-and resumes exactly (:mod:`flowjoint.checkpoints`).
+and resumes exactly (`checkpoints`).
 
 Distributed data parallel: under an initialised ``torch.distributed`` process group
 the objective is wrapped in ``DistributedDataParallel``; every rank draws the same
@@ -64,7 +64,7 @@ __all__ = [
 class Objective(nn.Module):
     """``model.elbo(x)`` as a module, the entry point ``DistributedDataParallel`` needs.
 
-    The same objective for every :class:`~flowjoint.Flow`: the exact log-density of a
+    The same objective for every [`Flow`][flowjoint.Flow]: the exact log-density of a
     bijective stack, the one-sample bound of a stochastic one; ``(batch,)``, to maximise.
     """
 
@@ -110,7 +110,7 @@ class _Ranks:
 
 
 class _Run:
-    """The state of one :func:`fit` call: model, optimizer, schedule, result, checkpoints."""
+    """The state of one `fit` call: model, optimizer, schedule, result, checkpoints."""
 
     def __init__(
         self,
@@ -147,7 +147,7 @@ class _Run:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def state(self, epoch: int) -> dict:
-        """Everything :meth:`resume` needs to continue exactly after ``epoch``."""
+        """Everything `resume` needs to continue exactly after ``epoch``."""
         return {
             "kind": "last",
             "model": self.model.state_dict(),
@@ -299,13 +299,13 @@ def fit(
     ``val_loss / (D ln 2)``, ``D`` the entries of one example.
 
     Args:
-        model: any flowjoint :class:`~flowjoint.Flow` with trainable parameters; each
+        model: any flowjoint [`Flow`][flowjoint.Flow] with trainable parameters; each
             batch is converted to the dtype and device of its first parameter.
         train: ``(n, *event)`` data, a tensor or a numpy array (integer and bool
             arrays become float32); NaN or inf is refused.
         val: ``(m, *event)`` validation data, or None or empty (no validation: no
             early stopping, best = last).
-        options: a :class:`FitOptions`; its fields may also be given as keywords
+        options: a `FitOptions`; its fields may also be given as keywords
             (``epochs=20``), which override it.
         checkpoint_dir: if set (created and checked writable before training),
             ``last.pt`` (all that resuming needs) is written after every epoch and
@@ -321,7 +321,7 @@ def fit(
             is written; returning True stops training; an exception propagates.
 
     Returns:
-        A :class:`FitResult`; ``model`` is left in eval mode.
+        A `FitResult`; ``model`` is left in eval mode.
 
     Raises:
         TrainingDiverged: the loss, the gradient norm or a weight became NaN/inf.

@@ -8,8 +8,8 @@ generative model ``p(z) p(x|z)`` is a density on ``(x, eps)``::
     log p(x, eps) - log N(eps) = log p(x|z) + log p(z) - log q(z|x)   # one-sample ELBO
 
 The augmentation ``x -> (x, eps)`` is the stochastic layer
-:class:`~flowjoint.stochastic.Augment`, whose contribution is ``-log N(eps)``; so
-the ELBO and IWAE of :class:`JointVAE` are those of every :class:`~flowjoint.Flow`.
+[`Augment`][flowjoint.Augment], whose contribution is ``-log N(eps)``; so
+the ELBO and IWAE of [`JointVAE`][flowjoint.JointVAE] are those of every [`Flow`][flowjoint.Flow].
 
 References:
     Auto-Encoding Variational Bayes. Kingma, Welling, 2013. arXiv:1312.6114.
@@ -52,7 +52,7 @@ __all__ = ["JointVAE"]
 class _ConditionedTransform(TorchTransform):
     """A flowjoint transform with a fixed context as a ``torch.distributions`` transform.
 
-    Used by :meth:`JointVAE.posterior` with flow layers; sample shapes
+    Used by `JointVAE.posterior` with flow layers; sample shapes
     ``(..., batch, d)`` broadcast against the context ``(batch, D)``.
     """
 
@@ -102,7 +102,7 @@ class JointVAE(Flow):
             such as ``(512, 256)`` (the default, 784-512-256-d for MNIST); the decoder
             mirrors it (d-256-512-784). For images, the width of the conv nets' hidden
             linear layer. The default encoder predicts ``mu`` and ``log sigma^2``
-            (:class:`~flowjoint.augmented.LogVarianceEncoder`), as in the usual VAE.
+            (`LogVarianceEncoder`), as in the usual VAE.
         likelihood: the decoder's family: ``"bernoulli"`` (binary data; the decoder
             gives logits) or ``"gaussian"`` (continuous data; the decoder gives a mean
             and a learned per-entry log-scale, both functions of ``z``).
@@ -117,7 +117,7 @@ class JointVAE(Flow):
         posterior_transform: optional flowjoint/nflows transform on ``z``
             ``(batch, d)`` with context ``x`` ``(batch, D)``, applied after the
             reparametrization: a flow posterior ``z = g(mu + sigma * eps; x)``.
-        log_scale_bound: soft bound ``b`` of :func:`flowjoint.soft_clamp` on
+        log_scale_bound: soft bound ``b`` of [`soft_clamp`][flowjoint.soft_clamp] on
             ``log sigma`` (and on the Gaussian decoder's ``log s``). The default 10
             allows ``sigma`` from ``4.5e-5`` to ``2.2e4`` and still stops a diverging
             encoder from producing ``inf``; trained posteriors reach
@@ -130,7 +130,7 @@ class JointVAE(Flow):
             With ``validate=False`` the Bernoulli log-likelihood of non-binary data
             is a number but not the density of anything.
         preprocessing: bijective layers applied to ``x`` before the augmentation
-            (:class:`~flowjoint.preprocess.Scale`, :class:`~flowjoint.preprocess.Logit`)
+            ([`Scale`][flowjoint.Scale], [`Logit`][flowjoint.Logit])
             and stochastic ones (dequantization); only with the Gaussian decoder.
 
     Example:
@@ -272,8 +272,8 @@ class JointVAE(Flow):
         Args:
             inputs: ``x`` ``(batch, *data_shape)``.
             eps: ``(batch, d)``. Without it, ``log p(x)`` has no closed form and this
-                raises ``ValueError`` like every stochastic stack (use :meth:`elbo` or
-                :meth:`iwae`).
+                raises ``ValueError`` like every stochastic stack (use `elbo` or
+                `iwae`).
 
         Returns:
             ``(batch,)``.

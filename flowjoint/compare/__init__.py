@@ -2,16 +2,16 @@
 
 One concept per module:
 
-* :mod:`~flowjoint.compare.config`: the model registry, each model's settings per
+* `config`: the model registry, each model's settings per
   data set (and the quick ones), how the test set is scored;
-* :mod:`~flowjoint.compare.models`: building each model as a :class:`~flowjoint.Flow`
+* `models`: building each model as a [`Flow`][flowjoint.Flow]
   stack (pixel data: the preprocessing layers first);
-* :mod:`~flowjoint.compare.datasets`: named data sets and a user's array file;
-* :mod:`~flowjoint.compare.evaluation`: exact densities and bounds with 95% intervals;
-* :mod:`~flowjoint.compare.report`: the Markdown tables and JSON rows;
-* :mod:`~flowjoint.compare.plots`: samples, training curves, Jacobian patterns;
-* :mod:`~flowjoint.compare.store`: the output folder, which survives interruptions;
-* :mod:`~flowjoint.compare.run`: :func:`compare`, which runs it all.
+* `datasets`: named data sets and a user's array file;
+* `evaluation`: exact densities and bounds with 95% intervals;
+* `report`: the Markdown tables and JSON rows;
+* `plots`: samples, training curves, Jacobian patterns;
+* `store`: the output folder, which survives interruptions;
+* `run`: `compare`, which runs it all.
 
 The names below are importable from here; the configuration is imported at once
 (it needs no torch), the rest when first used, so that the command line starts fast.

@@ -3,11 +3,11 @@
 This module imports neither torch nor the library's models, so that the command
 line can list data sets and models (``flowjoint compare --help``) at once; a
 model's builder is named by ``"module:function"`` and imported when the model is
-built (:func:`flowjoint.compare.models.build_model`).
+built (`build_model`).
 
-A model is registered once with :func:`register_model`, with its settings on each
+A model is registered once with `register_model`, with its settings on each
 group of data sets (``"digits"``, ``"mnist5k"``, ``"toy"``, ``"array"`` for a user's
-file); :func:`default_config` then gives them, shrunk by :data:`QUICK` for an
+file); `default_config` then gives them, shrunk by `QUICK` for an
 end-to-end check.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 PIXEL_DATASETS: tuple[str, ...] = ("digits", "mnist5k")
-#: The 2-D toys of :mod:`flowjoint.toys` (named here so that no torch import is needed).
+#: The 2-D toys of `toys` (named here so that no torch import is needed).
 TOY_DATASETS: tuple[str, ...] = ("moons", "8gaussians", "checkerboard", "rings", "2spirals")
 DATASETS: tuple[str, ...] = PIXEL_DATASETS + TOY_DATASETS
 #: Groups of data sets that share model settings: each pixel data set, the toys, and
@@ -49,7 +49,7 @@ class ModelConfig:
 
     Attributes:
         epochs, batch_size, lr, weight_decay, schedule, patience, clip_grad_norm:
-            passed to :func:`flowjoint.train.fit` (see :class:`flowjoint.train.FitOptions`).
+            passed to `fit` (see `FitOptions`).
         num_layers: coupling layers (NICE, Real NVP) or encoder/decoder pairs (the
             augmented flow's ``num_steps``).
         hidden_features: width of every hidden layer.
@@ -57,9 +57,9 @@ class ModelConfig:
         latent_features: ``d``, the dimension of ``eps`` (VAE, augmented flow).
         mask_pattern: ``"halves"`` or ``"checkerboard"`` coupling masks.
         actnorm: an ActNorm before each Real NVP coupling.
-        alpha: the logit squeeze of pixel data (:class:`flowjoint.Logit`).
+        alpha: the logit squeeze of pixel data ([`Logit`][flowjoint.Logit]).
         dequantization: ``"uniform"`` or ``"variational"``: the first layer of a
-            model of pixel data (:func:`flowjoint.pixel_preprocessing`).
+            model of pixel data ([`pixel_preprocessing`][flowjoint.pixel_preprocessing]).
     """
 
     epochs: int = 40
@@ -96,7 +96,7 @@ class ModelConfig:
 
     @property
     def fit_options(self) -> dict[str, object]:
-        """The fields that are :class:`flowjoint.train.FitOptions` fields."""
+        """The fields that are `FitOptions` fields."""
         names = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "patience")
         return {name: getattr(self, name) for name in (*names, "clip_grad_norm")}
 
@@ -143,12 +143,12 @@ class ModelSpec:
         name: the name on the command line and in the table.
         summary: one line for ``--help``.
         builder: ``"module:function"``; the function takes ``(data, config)`` (a
-            :class:`flowjoint.compare.models.DataSpec` and a :class:`ModelConfig`) and
-            returns a :class:`flowjoint.Flow` whose stack starts with the data's
+            `DataSpec` and a `ModelConfig`) and
+            returns a [`Flow`][flowjoint.Flow] whose stack starts with the data's
             preprocessing.
         images: the model takes images ``(n, C, H, W)``; otherwise vectors ``(n, D)``.
             A model that takes images runs only on data with an image shape.
-        defaults: its :class:`ModelConfig` per group of :data:`DATA_GROUPS`.
+        defaults: its `ModelConfig` per group of `DATA_GROUPS`.
     """
 
     name: str
@@ -173,7 +173,7 @@ MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add ``spec`` to :data:`MODELS` (a model of the same name is replaced)."""
+    """Add ``spec`` to `MODELS` (a model of the same name is replaced)."""
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     MODELS[spec.name] = spec
@@ -248,9 +248,9 @@ _QUICK_EVALUATION = EvaluationConfig(num_draws=2, iwae_samples=(1, 10), discrete
 
 
 def data_group(dataset: str) -> str:
-    """The group of :data:`DATA_GROUPS` whose settings ``dataset`` uses.
+    """The group of `DATA_GROUPS` whose settings ``dataset`` uses.
 
-    A name of :data:`DATASETS` gives its own group (the toys share ``"toy"``); any
+    A name of `DATASETS` gives its own group (the toys share ``"toy"``); any
     other string is taken as a user's file (``"array"``).
     """
     if dataset in PIXEL_DATASETS:
@@ -259,7 +259,7 @@ def data_group(dataset: str) -> str:
 
 
 def model_spec(model: str) -> ModelSpec:
-    """The registered :class:`ModelSpec` of ``model``, or a ValueError naming the choices."""
+    """The registered `ModelSpec` of ``model``, or a ValueError naming the choices."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     return MODELS[model]
@@ -269,9 +269,9 @@ def default_config(dataset: str, model: str, quick: bool = False) -> ModelConfig
     """The settings of ``model`` on ``dataset`` (tiny ones with ``quick``).
 
     Args:
-        dataset: a name of :data:`DATASETS`, or anything else for a user's file.
-        model: a name of :data:`MODELS`.
-        quick: apply :data:`QUICK`.
+        dataset: a name of `DATASETS`, or anything else for a user's file.
+        model: a name of `MODELS`.
+        quick: apply `QUICK`.
 
     Example:
         >>> default_config("digits", "realnvp").epochs, default_config("digits", "vae").epochs
@@ -293,5 +293,5 @@ def default_evaluation(dataset: str, quick: bool = False) -> EvaluationConfig:
 
 
 def config_fields() -> tuple[str, ...]:
-    """The names of :class:`ModelConfig`'s fields (what ``overrides`` may set)."""
+    """The names of `ModelConfig`'s fields (what ``overrides`` may set)."""
     return tuple(f.name for f in fields(ModelConfig))

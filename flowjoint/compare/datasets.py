@@ -1,11 +1,11 @@
 """The data of a comparison: a named data set or a user's array file, in one form.
 
-Every data set becomes a :class:`ComparisonData`: training, validation and test
+Every data set becomes a `ComparisonData`: training, validation and test
 tensors ``(n, D)`` (integer levels for pixel data, values as they are otherwise),
 the number of levels, the image shape ``(C, H, W)`` if the examples are images, and
 a JSON description of where it came from (so that a re-run can tell whether its
 output folder holds results for the same data). Models that take images get
-``(n, C, H, W)`` views (:meth:`ComparisonData.inputs`).
+``(n, C, H, W)`` views (`ComparisonData.inputs`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ TOY_SIZES = {"quick": (2000, 500, 2000), "full": (50000, 5000, 20000)}
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """How a user's file is read and split (:func:`flowjoint.arrays.load_array`).
+    """How a user's file is read and split (`load_array`).
 
     Attributes:
         levels: number of integer levels of pixel data; None for continuous data.
@@ -143,11 +143,11 @@ def load_data(
     """The data of a comparison on ``dataset``.
 
     Args:
-        dataset: a name of :data:`~flowjoint.compare.config.DATASETS` (fixed splits,
-            see :mod:`flowjoint.data` and :mod:`flowjoint.toys`) or the path of a
-            ``.npy``, ``.npz`` or ``.csv`` file (:func:`flowjoint.arrays.load_array`).
-        quick: keep a few hundred examples (:data:`QUICK_SIZES`; the toys draw
-            :data:`TOY_SIZES`).
+        dataset: a name of `DATASETS` (fixed splits,
+            see `data` and `toys`) or the path of a
+            ``.npy``, ``.npz`` or ``.csv`` file (`load_array`).
+        quick: keep a few hundred examples (`QUICK_SIZES`; the toys draw
+            `TOY_SIZES`).
         seed: seeds the toys' draws.
         split: how a file is read and split (only for a file).
 

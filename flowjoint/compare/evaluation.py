@@ -3,7 +3,7 @@
 For pixel data with ``levels`` levels, two kinds of rows (``D`` pixels per image):
 
 * **the density of** ``x + u`` on ``[0, levels)^D`` at ``R`` fixed uniform
-  dequantization draws of the test set (:func:`flowjoint.data.dequantize`), scored by
+  dequantization draws of the test set (`dequantize`), scored by
   the model's stack *without* its dequantization layer
   (``Flow(model.transform[1:], model.base)``): exact for a flow (``exact``); for a
   model with an augmentation ``x -> (x, eps)`` the bounds ``elbo`` and ``iwae_K``
@@ -60,7 +60,7 @@ def continuous_part(model: Flow) -> Flow:
 
 
 def augmentation_features(flow: Flow) -> int | None:
-    """``d`` of the first :class:`~flowjoint.Augment` layer of the stack, or None."""
+    """``d`` of the first [`Augment`][flowjoint.Augment] layer of the stack, or None."""
     for layer in flow.transform.modules():
         if isinstance(layer, Augment):
             return layer.features
@@ -191,7 +191,7 @@ def evaluate_model(
             layer.
         test: ``(n, *event)`` test data, integer levels if ``levels`` is set.
         levels: the number of levels of pixel data, or None for continuous data.
-        settings: draws and ``K`` (:class:`~flowjoint.compare.config.EvaluationConfig`).
+        settings: draws and ``K`` (`EvaluationConfig`).
         seed: seeds the dequantization draws (the same for every model) and the
             model's own draws.
         batch_size: test examples per pass (an IWAE splits its ``K`` draws further).

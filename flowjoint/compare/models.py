@@ -1,11 +1,12 @@
-"""Building the compared models: each one a :class:`~flowjoint.Flow` stack.
+"""Building the compared models: each one a [`Flow`][flowjoint.Flow] stack.
 
 On pixel data a model's stack starts with the preprocessing layers
-(:func:`flowjoint.pixel_preprocessing`: dequantization, scaling to ``[0, 1)``, logit),
+([`pixel_preprocessing`][flowjoint.pixel_preprocessing]: dequantization, scaling to
+``[0, 1)``, logit),
 so that every model is a density (or a bound) of the data on its original scale and
-is trained by :func:`flowjoint.train.fit` on its ``elbo``; on continuous data the
+is trained by `fit` on its ``elbo``; on continuous data the
 stack has no preprocessing. The builders are registered in
-:data:`flowjoint.compare.config.MODELS`; :func:`build_model` calls one.
+`MODELS`; `build_model` calls one.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def builder(spec: ModelSpec) -> Callable[[DataSpec, ModelConfig], Flow]:
 
 
 def build_model(model: str, data: DataSpec, config: ModelConfig) -> Flow:
-    """A fresh ``model`` (a name of :data:`~flowjoint.compare.config.MODELS`) for ``data``.
+    """A fresh ``model`` (a name of `MODELS`) for ``data``.
 
     Raises:
         ValueError: an unknown model, or a model that takes images on data without an

@@ -97,7 +97,7 @@ def plot_samples(
 ) -> None:
     """Real test data beside samples of each model; a PNG at ``path``.
 
-    Pixel data: 8x8 mosaics, one row per temperature of :data:`TEMPERATURES` (the
+    Pixel data: 8x8 mosaics, one row per temperature of `TEMPERATURES` (the
     data column shows other test images in each row). Continuous data: 2-D
     histograms of 20,000 points (the first two features) on the test data's window.
     """

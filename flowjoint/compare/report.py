@@ -1,10 +1,10 @@
 """The comparison's report: Markdown tables for people and JSON rows for programs.
 
-:func:`format_report` turns the rows of :func:`flowjoint.compare.evaluation.evaluate_model`
+`format_report` turns the rows of `evaluate_model`
 (with the model's name and training record added) into two tables: the test
 negative log-likelihoods, each row saying what it is the density of, whether it is
 exact or a bound, over how many dimensions, and what its 95% interval is over; then
-the training record. :func:`ordered_row` puts the most useful keys of a JSON row first.
+the training record. `ordered_row` puts the most useful keys of a JSON row first.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Running a comparison: train each model, score it, write its rows and plots at once.
 
-:func:`compare` trains the models one after the other with
-:func:`flowjoint.train.fit` (each on its ``elbo``, checkpoints in the output folder),
-scores each on the test set (:mod:`flowjoint.compare.evaluation`) and, as soon as a
+`compare` trains the models one after the other with
+`fit` (each on its ``elbo``, checkpoints in the output folder),
+scores each on the test set (`evaluation`) and, as soon as a
 model is done, rewrites ``results.json``, ``results.md`` and the pictures with every
 finished model. A re-run with the same output folder skips the finished models,
 scores again (from its best weights) a model interrupted during its evaluation or
 scored with other evaluation settings, and resumes a model interrupted during
-training from its last epoch (:mod:`flowjoint.compare.store`).
+training from its last epoch (`store`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def default_out(dataset: str, quick: bool = False) -> Path:
 
 @dataclass
 class ComparisonResult:
-    """What :func:`compare` did.
+    """What `compare` did.
 
     Attributes:
         rows: the table's rows (dicts, as in ``results.json``), finished models only.
@@ -101,7 +101,7 @@ def _check_arguments(models: Sequence[str] | None, overrides: dict | None) -> li
 
 
 class _Run:
-    """One call of :func:`compare`: the data, settings, output folder and finished rows."""
+    """One call of `compare`: the data, settings, output folder and finished rows."""
 
     def __init__(
         self,
@@ -303,9 +303,9 @@ def compare(
     """Train every model on ``dataset``, score it on the test set, write results as it goes.
 
     Args:
-        dataset: a name of :data:`~flowjoint.compare.config.DATASETS` or the path of a
-            ``.npy``, ``.npz`` or ``.csv`` file (see :func:`flowjoint.arrays.load_array`).
-        models: names of :data:`~flowjoint.compare.config.MODELS`, in table order
+        dataset: a name of `DATASETS` or the path of a
+            ``.npy``, ``.npz`` or ``.csv`` file (see `load_array`).
+        models: names of `MODELS`, in table order
             (default: all).
         out: the output folder (``results.json``, ``results.md``, PNG pictures,
             checkpoints); None writes nothing. Its finished models are skipped and an
@@ -313,9 +313,9 @@ def compare(
         seed: seeds the toys' draws, each model's initialisation and training, and the
             evaluation's noise.
         quick: tiny models, 2 epochs, a few hundred examples: an end-to-end check.
-        overrides: :class:`~flowjoint.compare.config.ModelConfig` fields set for every
+        overrides: `ModelConfig` fields set for every
             model (``{"epochs": 10}``).
-        evaluation: :class:`~flowjoint.compare.config.EvaluationConfig` fields
+        evaluation: `EvaluationConfig` fields
             (``{"num_draws": 3}``).
         split: levels and split of a data file.
         progress: per-epoch progress of each fit (a bar on a terminal, lines otherwise).
@@ -324,7 +324,7 @@ def compare(
             True stops that model's training.
 
     Returns:
-        A :class:`ComparisonResult`.
+        A `ComparisonResult`.
 
     Raises:
         ValueError: a bad argument, data file or output folder (before any training).
