@@ -46,6 +46,7 @@ from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
 from flowjoint.normalization import ActNorm, BatchNorm
 from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
 from flowjoint.preprocess import Logit, Scale, pixel_preprocessing
+from flowjoint.reshape import Squeeze
 from flowjoint.stochastic import (
     Augment,
     AugmentedState,
@@ -91,6 +92,7 @@ __all__ = [
     "ReversePermutation",
     "Scale",
     "SplineCoupling",
+    "Squeeze",
     "SplineMap",
     "StandardNormal",
     "StochasticTransform",
