@@ -42,6 +42,7 @@ from flowjoint.jacobian import (
     jacobian,
     plot_jacobian_patterns,
 )
+from flowjoint.linear import InvertibleConv1x1
 from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
 from flowjoint.normalization import ActNorm, BatchNorm
 from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
@@ -80,6 +81,7 @@ __all__ = [
     "EncoderCoupling",
     "Flow",
     "GaussianDecoder",
+    "InvertibleConv1x1",
     "JointBase",
     "JointNormal",
     "JointVAE",
