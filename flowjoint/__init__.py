@@ -43,6 +43,7 @@ from flowjoint.jacobian import (
     plot_jacobian_patterns,
 )
 from flowjoint.linear import InvertibleConv1x1
+from flowjoint.multiscale import Multiscale, multiscale_realnvp
 from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
 from flowjoint.normalization import ActNorm, BatchNorm
 from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
@@ -88,6 +89,7 @@ __all__ = [
     "LatentTransform",
     "Logit",
     "MLP",
+    "Multiscale",
     "Permutation",
     "RandomPermutation",
     "ResidualConvNet",
@@ -110,6 +112,7 @@ __all__ = [
     "decoder_coupling",
     "encoder_coupling",
     "jacobian",
+    "multiscale_realnvp",
     "nice",
     "pixel_preprocessing",
     "plot_jacobian_patterns",
