@@ -185,9 +185,9 @@ class Multiscale(Transform):
             if i < last:
                 factored = self.factored_shapes[i][0]
                 hidden, out = hidden.split([hidden.shape[1] - factored, factored], dim=1)
-                parts.append(out.reshape(batch, -1))  # (batch, C_i // 2 * H_i * W_i)
+                parts.append(out.flatten(1))  # (batch, C_i // 2 * H_i * W_i)
             else:
-                parts.append(hidden.reshape(batch, -1))
+                parts.append(hidden.flatten(1))
         return torch.cat(parts, dim=1), total  # (batch, C*H*W)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

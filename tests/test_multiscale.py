@@ -373,3 +373,12 @@ def test_builder_flow_refuses_images_of_another_shape():
     flow = fj.multiscale_realnvp((1, 8, 8), 2, **SMALL)
     with pytest.raises(ValueError, match=r"\(batch, 1, 8, 8\).*\(2, 3, 8, 8\)"):
         flow.elbo(levels(2, (3, 8, 8)).float())
+
+
+def test_multiscale_and_squeeze_take_an_empty_batch():
+    layer = two_scales().eval()
+    z, logabsdet = layer(torch.zeros(0, 1, 4, 4))
+    assert z.shape == (0, 16) and logabsdet.shape == (0,)
+    x, logabsdet = layer.inverse(torch.zeros(0, 16))
+    assert x.shape == (0, 1, 4, 4) and logabsdet.shape == (0,)
+    assert fj.Squeeze()(torch.zeros(0, 1, 4, 4))[0].shape == (0, 4, 2, 2)
