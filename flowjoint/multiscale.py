@@ -96,6 +96,12 @@ class Multiscale(Transform):
             a ``Squeeze`` and more couplings).
         shape: the event shape ``(C, H, W)`` of the inputs.
 
+    Attributes:
+        output_shapes: the event shape each scale outputs, ``(C_k, H_k, W_k)``.
+        factored_shapes: the shapes of the parts of the output vector, in order:
+            each scale's factored half ``(C_k // 2, H_k, W_k)``, then the last
+            scale's output.
+
     Example:
         >>> import torch
         >>> from flowjoint import Compose, Squeeze, AffineCoupling, checkerboard_mask
