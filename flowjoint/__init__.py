@@ -41,11 +41,14 @@ if TYPE_CHECKING:
         jacobian,
         plot_jacobian_patterns,
     )
+    from flowjoint.linear import InvertibleConv1x1
     from flowjoint.masks import alternating_masks, channel_mask, checkerboard_mask
+    from flowjoint.multiscale import Multiscale, multiscale_realnvp
     from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
     from flowjoint.normalization import ActNorm, BatchNorm
     from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
     from flowjoint.preprocess import Logit, Scale, pixel_preprocessing
+    from flowjoint.reshape import Squeeze
     from flowjoint.splines import SplineMap
     from flowjoint.stochastic import (
         Augment,
@@ -86,11 +89,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "flows": ("Flow",),
     "jacobians": ("block_structure", "check_logabsdet", "jacobian", "plot_jacobian_patterns"),
+    "linear": ("InvertibleConv1x1",),
     "masks": ("alternating_masks", "channel_mask", "checkerboard_mask"),
+    "multiscale": ("Multiscale", "multiscale_realnvp"),
     "nets": ("MLP", "ConvDecoder", "ConvEncoder", "ResidualConvNet"),
     "normalization": ("ActNorm", "BatchNorm"),
     "permutations": ("Permutation", "RandomPermutation", "ReversePermutation"),
     "preprocess": ("Logit", "Scale", "pixel_preprocessing"),
+    "reshape": ("Squeeze",),
     "splines": ("SplineMap",),
     "stochastic": (
         "Augment",
@@ -125,18 +131,21 @@ __all__ = [
     "EncoderCoupling",
     "Flow",
     "GaussianDecoder",
+    "InvertibleConv1x1",
     "JointBase",
     "JointNormal",
     "JointVAE",
     "LatentTransform",
     "Logit",
     "MLP",
+    "Multiscale",
     "Permutation",
     "RandomPermutation",
     "ResidualConvNet",
     "ReversePermutation",
     "Scale",
     "SplineCoupling",
+    "Squeeze",
     "SplineMap",
     "StandardNormal",
     "StochasticTransform",
@@ -152,6 +161,7 @@ __all__ = [
     "decoder_coupling",
     "encoder_coupling",
     "jacobian",
+    "multiscale_realnvp",
     "nice",
     "pixel_preprocessing",
     "plot_jacobian_patterns",
