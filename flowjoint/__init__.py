@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         soft_clamp,
     )
     from flowjoint.flows import Flow
+    from flowjoint.image_flows import multiscale_realnvp
     from flowjoint.jacobians import (
         block_structure,
         check_logabsdet,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     )
     from flowjoint.linear import InvertibleConv1x1
     from flowjoint.masks import alternating_masks, channel_mask, checkerboard_mask
-    from flowjoint.multiscale import Multiscale, multiscale_realnvp
+    from flowjoint.multiscale import Multiscale
     from flowjoint.nets import MLP, ConvDecoder, ConvEncoder, ResidualConvNet
     from flowjoint.normalization import ActNorm, BatchNorm
     from flowjoint.permutations import Permutation, RandomPermutation, ReversePermutation
@@ -91,7 +92,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "jacobians": ("block_structure", "check_logabsdet", "jacobian", "plot_jacobian_patterns"),
     "linear": ("InvertibleConv1x1",),
     "masks": ("alternating_masks", "channel_mask", "checkerboard_mask"),
-    "multiscale": ("Multiscale", "multiscale_realnvp"),
+    "image_flows": ("multiscale_realnvp",),
+    "multiscale": ("Multiscale",),
     "nets": ("MLP", "ConvDecoder", "ConvEncoder", "ResidualConvNet"),
     "normalization": ("ActNorm", "BatchNorm"),
     "permutations": ("Permutation", "RandomPermutation", "ReversePermutation"),

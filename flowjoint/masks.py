@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from flowjoint.checks import check_positive_int
+from flowjoint.checks import check_event_shape, check_positive_int
 
 __all__ = ["alternating_masks", "channel_mask", "check_mask", "checkerboard_mask"]
 
@@ -41,9 +41,18 @@ def check_mask(mask: object, name: str = "mask") -> Tensor:
     return mask
 
 
+def _check_parity(parity: object) -> None:
+    if isinstance(parity, bool) or parity not in (0, 1):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+
+
 def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
     """A ``(C, H, W)`` checkerboard: True where ``(h + w) % 2 == parity`` (every channel)."""
-    channels, height, width = (int(s) for s in shape)
+    shape = check_event_shape(shape, "shape")
+    if len(shape) != 3:
+        raise ValueError(f"shape must be (C, H, W), got {shape}")
+    _check_parity(parity)
+    channels, height, width = shape
     h = torch.arange(height).unsqueeze(1)
     w = torch.arange(width).unsqueeze(0)
     board = (h + w) % 2 == parity  # (H, W)
@@ -53,6 +62,7 @@ def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
 def channel_mask(channels: int, parity: int = 0) -> Tensor:
     """A ``(C,)`` channel split: the second half transformed (``parity=0``) or the first."""
     check_positive_int(channels, "channels", minimum=2)
+    _check_parity(parity)
     second = torch.arange(channels) >= channels // 2
     return second if parity == 0 else ~second
 

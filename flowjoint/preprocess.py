@@ -160,6 +160,7 @@ def pixel_preprocessing(
     dequantization: str = "uniform",
     shape: int | Sequence[int] | None = None,
     hidden_features: int = 64,
+    num_hidden_layers: int = 2,
 ) -> list[Transform]:
     """The layers that turn pixel levels into a continuous input: dequantize, scale, logit.
 
@@ -173,6 +174,8 @@ def pixel_preprocessing(
         dequantization: ``"uniform"``, ``"variational"`` or ``"none"`` (the data is
             already continuous on ``[0, levels)``).
         shape: the event shape, required for variational dequantization.
+        num_hidden_layers: hidden layers (vectors) or residual blocks (images) of the
+            variational dequantization's default conditioner.
         hidden_features: width (vectors) or channels (images) of the variational
             dequantization's default conditioner.
     """
@@ -182,7 +185,14 @@ def pixel_preprocessing(
     elif dequantization == "variational":
         if shape is None:
             raise ValueError("shape is required for dequantization='variational'")
-        layers = [VariationalDequantization(shape, levels, hidden_features=hidden_features)]
+        layers = [
+            VariationalDequantization(
+                shape,
+                levels,
+                hidden_features=hidden_features,
+                num_hidden_layers=num_hidden_layers,
+            )
+        ]
     elif dequantization == "none":
         layers = []
     else:

@@ -217,11 +217,11 @@ class UniformDequantization(_Dequantization):
         return self._add(inputs, torch.rand_like(inputs)), inputs.new_zeros(inputs.shape[0])
 
 
-def _default_conditioner(shape: tuple[int, ...], hidden_features: int) -> nn.Module:
+def _default_conditioner(shape: tuple[int, ...], hidden_features: int, depth: int) -> nn.Module:
     if len(shape) == 1:
-        return MLP(shape[0], 2 * shape[0], hidden_features, 2, zero_init=True)
+        return MLP(shape[0], 2 * shape[0], hidden_features, depth, zero_init=True)
     if len(shape) == 3:
-        return ResidualConvNet(shape[0], 2 * shape[0], hidden_features, 2, zero_init=True)
+        return ResidualConvNet(shape[0], 2 * shape[0], hidden_features, depth, zero_init=True)
     raise ValueError(
         f"net is required for data of shape {shape} (the default conditioners take "
         "vectors (D,) or images (C, H, W))"
@@ -253,6 +253,8 @@ class VariationalDequantization(_Dequantization):
             or a [`ResidualConvNet`][flowjoint.ResidualConvNet] (images), zero-initialised
             (then ``u = sigmoid(eps)``).
         hidden_features: width (MLP) or channels (conv net) of the default conditioner.
+        num_hidden_layers: hidden layers (MLP) or residual blocks (conv net) of the
+            default conditioner.
         log_scale_bound: soft bound on ``log sigma`` ([`soft_clamp`][flowjoint.soft_clamp]).
         validate: check that inputs are integer levels (reads tensor values).
     """
@@ -263,6 +265,7 @@ class VariationalDequantization(_Dequantization):
         levels: int,
         net: nn.Module | None = None,
         hidden_features: int = 64,
+        num_hidden_layers: int = 2,
         log_scale_bound: float | None = 3.0,
         validate: bool = True,
     ) -> None:
@@ -270,7 +273,7 @@ class VariationalDequantization(_Dequantization):
         super().__init__(levels, validate)
         self.event_shape = check_event_shape(shape, "shape")
         if net is None:
-            net = _default_conditioner(self.event_shape, hidden_features)
+            net = _default_conditioner(self.event_shape, hidden_features, num_hidden_layers)
         self.affine = ConditionalAffine(
             self.event_shape,
             self.event_shape[0],

@@ -243,3 +243,17 @@ def test_bad_input_is_named(case):
     call, error, message = CASES[case]
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: fj.checkerboard_mask((1, 28)), r"shape must be \(C, H, W\), got \(1, 28\)"),
+        (lambda: fj.checkerboard_mask((1, 4, 4), parity=2), r"parity must be 0 or 1, got 2"),
+        (lambda: fj.channel_mask(4, parity=-1), r"parity must be 0 or 1, got -1"),
+    ],
+    ids=["checkerboard_shape", "checkerboard_parity", "channel_parity"],
+)
+def test_mask_builders_name_their_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
