@@ -186,7 +186,7 @@ def _add_budget_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flowjoint`` (imports no torch)."""
     from flowjoint import __version__
-    from flowjoint.compare.config import DATASETS, MODELS
+    from flowjoint.compare.config import DATASETS, DEFAULT_MODELS, MODELS
 
     parser = _Parser(
         prog="flowjoint",
@@ -209,12 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(p, DATASETS)
     run = p.add_argument_group("run")
+    defaults = "; ".join(f"{group}: {' '.join(names)}" for group, names in DEFAULT_MODELS.items())
     run.add_argument(
         "--models",
         nargs="+",
-        default=list(MODELS),
+        default=None,
         metavar="MODEL",
-        help=f"models in table order, space- or comma-separated: {', '.join(MODELS)}",
+        help=f"models in table order, space- or comma-separated: {', '.join(MODELS)} "
+        f"(default per data set: {defaults})",
     )
     run.add_argument(
         "--out",
@@ -240,9 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str] | None:
     from flowjoint.compare.config import MODELS
 
+    if args.models is None:
+        return None  # the data set's default models
     models = [m.strip() for item in args.models for m in item.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
     if bad or not models:

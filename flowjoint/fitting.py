@@ -221,8 +221,11 @@ def make_scheduler(
         return scheduler
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    # Warm-up over 10% of the steps, and at least 2 of them: torch's OneCycleLR divides
+    # by zero when pct_start * total_steps is exactly 1 (10 steps at 10%).
+    warm_up = min(0.5, max(0.1, 2.0 / total_steps)) if total_steps > 4 else 0.3
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=options.lr, total_steps=total_steps, pct_start=0.1
+        optimizer, max_lr=options.lr, total_steps=total_steps, pct_start=warm_up
     )
 
 

@@ -468,3 +468,13 @@ def test_fit_under_an_initialised_process_group_matches_single_process(tmp_path)
         dist.destroy_process_group()
     assert losses(wrapped) == pytest.approx(losses(plain), rel=1e-6)
     assert (tmp_path / "ck" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("examples", [1, 20, 50, 100, 250])
+def test_onecycle_works_for_every_number_of_steps(examples):
+    """10 steps at a 10% warm-up made torch's OneCycleLR divide by zero."""
+    flow = fj.realnvp(2, num_layers=2, hidden_features=8)
+    result = fit(
+        flow, torch.randn(examples, 2), epochs=2, batch_size=10, schedule="onecycle", progress=False
+    )
+    assert len(result.history) == 2

@@ -26,8 +26,10 @@ __all__ = [
     "PIXEL_DATASETS",
     "QUICK",
     "TOY_DATASETS",
+    "DEFAULT_MODELS",
     "config_fields",
     "default_config",
+    "default_models",
     "data_group",
     "default_evaluation",
     "model_spec",
@@ -60,6 +62,12 @@ class ModelConfig:
         alpha: the logit squeeze of pixel data ([`Logit`][flowjoint.Logit]).
         dequantization: ``"uniform"`` or ``"variational"``: the first layer of a
             model of pixel data ([`pixel_preprocessing`][flowjoint.pixel_preprocessing]).
+        num_scales: scales of a multi-scale image flow (``num_layers`` is then its
+            couplings of each kind per scale, ``hidden_features`` its conditioners'
+            channels and ``num_hidden_layers`` their residual blocks).
+        conv1x1: an invertible 1x1 convolution before each coupling of an image flow.
+        num_bins: bins of a spline coupling.
+        tail_bound: half-width of the interval where a spline coupling acts.
     """
 
     epochs: int = 40
@@ -77,12 +85,20 @@ class ModelConfig:
     actnorm: bool = True
     alpha: float = 0.01
     dequantization: str = "uniform"
+    num_scales: int = 2
+    conv1x1: bool = False
+    num_bins: int = 8
+    tail_bound: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "num_layers", "hidden_features"):
             _check_positive_int(getattr(self, name), name)
         _check_positive_int(self.num_hidden_layers, "num_hidden_layers")
         _check_positive_int(self.latent_features, "latent_features")
+        _check_positive_int(self.num_scales, "num_scales")
+        _check_positive_int(self.num_bins, "num_bins")
+        if not self.tail_bound > 0:
+            raise ValueError(f"tail_bound must be > 0, got {self.tail_bound!r}")
         if self.mask_pattern not in ("halves", "checkerboard"):
             raise ValueError(
                 f"mask_pattern must be 'halves' or 'checkerboard', got {self.mask_pattern!r}"
@@ -230,6 +246,101 @@ for _name, _summary in _SUMMARIES.items():
         )
     )
 
+# Image models (they take (n, C, H, W)). Settings measured on MNIST-5k's validation set
+# (docs/results.md): 3 scales (28 -> 14 -> 7) with two checkerboard and two channel
+# couplings per scale, 32-channel residual conditioners, 1x1 convolutions, batch 32,
+# logit squeeze 1e-6 (Real NVP's MNIST value); on digits (8 -> 4 -> 2) the same shape.
+_MULTISCALE = ModelConfig(
+    epochs=40,
+    batch_size=32,
+    lr=1e-3,
+    schedule="cosine",
+    num_layers=2,
+    hidden_features=32,
+    num_hidden_layers=1,
+    num_scales=3,
+    conv1x1=True,
+    alpha=1e-6,
+)
+_CONV_VAE = ModelConfig(
+    epochs=40, batch_size=64, lr=1e-3, hidden_features=256, latent_features=32, alpha=1e-6
+)
+_IMAGE_MODELS = {
+    "msrealnvp": (
+        "multi-scale Real NVP on images, uniform dequantization (exact density of x + u)",
+        "build_msrealnvp",
+        _MULTISCALE,
+    ),
+    "msrealnvp-vd": (
+        "multi-scale Real NVP on images, variational dequantization (bounds)",
+        "build_msrealnvp",
+        replace(_MULTISCALE, dequantization="variational"),
+    ),
+    "convvae": (
+        "VAE with convolutional encoder and decoder on images, Gaussian decoder (bounds)",
+        "build_convvae",
+        _CONV_VAE,
+    ),
+    "convaugmented": (
+        "augmented flow with convolutional encoders and decoders on images (bounds)",
+        "build_convaugmented",
+        replace(_CONV_VAE, num_layers=2),
+    ),
+}
+# The digits are 8 x 8 (8 -> 4 -> 2 with three scales); a user's image file gets the
+# MNIST-5k settings.
+_DIGITS_IMAGES = {"epochs": 60, "alpha": 0.01}
+for _name, (_summary, _builder, _config) in _IMAGE_MODELS.items():
+    register_model(
+        ModelSpec(
+            _name,
+            _summary,
+            f"flowjoint.compare.models:{_builder}",
+            images=True,
+            defaults={
+                "digits": replace(_config, **_DIGITS_IMAGES),
+                "mnist5k": _config,
+                "array": _config,
+            },
+        )
+    )
+
+# Spline couplings on the 2-D toys (benchmarks/toy_splines.py, docs/results.md): three
+# couplings of 32 bins on [-4, 4], 128-wide conditioners, one-cycle from 5e-3, 15 epochs.
+_SPLINE = ModelConfig(
+    epochs=15,
+    batch_size=500,
+    lr=5e-3,
+    num_layers=3,
+    hidden_features=128,
+    mask_pattern="halves",
+    actnorm=False,
+    num_bins=32,
+    tail_bound=4.0,
+)
+register_model(
+    ModelSpec(
+        "spline",
+        "rational-quadratic spline couplings (exact likelihood)",
+        "flowjoint.compare.models:build_spline",
+        defaults={
+            "toy": _SPLINE,
+            "array": replace(_SPLINE, epochs=100, lr=1e-3),
+            # pixel data in logit space: Real NVP's budget, splines on [-5, 5]
+            "digits": replace(_PIXEL["realnvp"], num_bins=16, tail_bound=5.0, actnorm=False),
+            "mnist5k": replace(_PIXEL["realnvp"], num_bins=16, tail_bound=5.0, actnorm=False),
+        },
+    )
+)
+
+#: The models a comparison runs by default, per group of data sets.
+DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
+    "digits": ("nice", "realnvp", "vae", "augmented", "msrealnvp"),
+    "mnist5k": ("realnvp", "msrealnvp", "msrealnvp-vd", "convvae", "convaugmented"),
+    "toy": ("nice", "realnvp", "spline", "vae", "augmented"),
+    "array": ("nice", "realnvp", "vae", "augmented"),
+}
+
 #: What ``--quick`` changes: tiny models and 2 epochs, an end-to-end check in seconds.
 QUICK: dict[str, object] = dict(
     epochs=2, num_layers=2, hidden_features=32, num_hidden_layers=1, latent_features=2
@@ -283,6 +394,11 @@ def default_config(dataset: str, model: str, quick: bool = False) -> ModelConfig
     if config is None:
         raise ValueError(f"model {model!r} has no settings for data like {dataset!r}")
     return replace(config, **QUICK) if quick else config
+
+
+def default_models(dataset: str) -> tuple[str, ...]:
+    """The models ``flowjoint compare`` runs on ``dataset`` when none are named."""
+    return DEFAULT_MODELS[data_group(dataset)]
 
 
 def default_evaluation(dataset: str, quick: bool = False) -> EvaluationConfig:

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flowjoint.augmented import AugmentedFlow
-from flowjoint.builders import nice, realnvp
+from flowjoint.builders import coupling_flow, nice, realnvp
 from flowjoint.compare.config import ModelConfig, ModelSpec, model_spec
 from flowjoint.flows import Flow
+from flowjoint.image_flows import multiscale_realnvp
 from flowjoint.preprocess import pixel_preprocessing
 from flowjoint.transforms import Transform
 from flowjoint.vae import JointVAE
@@ -27,7 +28,11 @@ from flowjoint.vae import JointVAE
 __all__ = [
     "DataSpec",
     "build_augmented",
+    "build_convaugmented",
+    "build_convvae",
     "build_model",
+    "build_msrealnvp",
+    "build_spline",
     "build_nice",
     "build_realnvp",
     "build_vae",
@@ -124,6 +129,62 @@ def build_augmented(data: DataSpec, config: ModelConfig) -> Flow:
         hidden_features=config.hidden_features,
         num_hidden_layers=config.num_hidden_layers,
         preprocessing=preprocessing(data, config),
+    )
+
+
+def build_spline(data: DataSpec, config: ModelConfig) -> Flow:
+    """Spline couplings on vectors (rational-quadratic, ``config.num_bins`` bins)."""
+    return coupling_flow(
+        data.features,
+        config.num_layers,
+        config.hidden_features,
+        config.num_hidden_layers,
+        mask_pattern=config.mask_pattern,
+        coupling="spline",
+        actnorm=config.actnorm,
+        preprocessing=preprocessing(data, config),
+        num_bins=config.num_bins,
+        tail_bound=config.tail_bound,
+    )
+
+
+def build_msrealnvp(data: DataSpec, config: ModelConfig) -> Flow:
+    """Real NVP's multi-scale image flow ([`multiscale_realnvp`][flowjoint.multiscale_realnvp])."""
+    if data.levels is None:
+        raise ValueError("the multi-scale Real NVP models pixel levels; the data are continuous")
+    return multiscale_realnvp(
+        data.event_shape(images=True),
+        num_scales=config.num_scales,
+        blocks_per_scale=config.num_layers,
+        hidden_channels=config.hidden_features,
+        num_residual_blocks=config.num_hidden_layers,
+        levels=data.levels,
+        alpha=config.alpha,
+        dequantization=config.dequantization,
+        actnorm=config.actnorm,
+        conv1x1=config.conv1x1,
+    )
+
+
+def build_convvae(data: DataSpec, config: ModelConfig) -> Flow:
+    """A VAE on images: convolutional encoder and Gaussian decoder, vector latent."""
+    return JointVAE(
+        data.event_shape(images=True),
+        config.latent_features,
+        hidden_features=config.hidden_features,
+        likelihood="gaussian",
+        preprocessing=preprocessing(data, config, images=True),
+    )
+
+
+def build_convaugmented(data: DataSpec, config: ModelConfig) -> Flow:
+    """An augmented flow on images: convolutional encoder/decoder coupling pairs."""
+    return AugmentedFlow(
+        data.event_shape(images=True),
+        config.latent_features,
+        num_steps=config.num_layers,
+        hidden_features=config.hidden_features,
+        preprocessing=preprocessing(data, config, images=True),
     )
 
 

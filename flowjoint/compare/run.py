@@ -30,6 +30,7 @@ from flowjoint.compare.config import (
     config_fields,
     default_config,
     default_evaluation,
+    default_models,
     model_spec,
 )
 from flowjoint.compare.datasets import (
@@ -86,8 +87,10 @@ def _json(value: object) -> object:
     return json.loads(json.dumps(value))
 
 
-def _check_arguments(models: Sequence[str] | None, overrides: dict | None) -> list[str]:
-    names = list(MODELS) if models is None else list(models)
+def _check_arguments(
+    dataset: str, models: Sequence[str] | None, overrides: dict | None
+) -> list[str]:
+    names = list(default_models(dataset)) if models is None else list(models)
     if not names:
         raise ValueError("models must name at least one model, got none")
     for name in names:
@@ -305,8 +308,8 @@ def compare(
     Args:
         dataset: a name of `DATASETS` or the path of a
             ``.npy``, ``.npz`` or ``.csv`` file (see `load_array`).
-        models: names of `MODELS`, in table order
-            (default: all).
+        models: names of `MODELS`, in table order (default: the data set's
+            `default_models`).
         out: the output folder (``results.json``, ``results.md``, PNG pictures,
             checkpoints); None writes nothing. Its finished models are skipped and an
             interrupted one resumes.
@@ -330,7 +333,7 @@ def compare(
         ValueError: a bad argument, data file or output folder (before any training).
     """
     started = time.perf_counter()
-    names = _check_arguments(models, overrides)
+    names = _check_arguments(dataset, models, overrides)
     data = load_data(dataset, quick, seed, split)
     settings = replace(default_evaluation(dataset, quick), **(evaluation or {}))
     configs = {n: replace(default_config(dataset, n, quick), **(overrides or {})) for n in names}
