@@ -46,15 +46,24 @@ __all__ = [
 
 
 def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
-    """Map an unconstrained log-scale into ``(-bound, bound)``: ``bound * tanh(raw / bound)``.
+    """Map an unconstrained log-scale into ``[-bound, bound]``: ``bound * tanh(raw / bound)``.
 
     Near zero it is the identity (slope 1), so learning is unaffected for moderate
     scales; far from zero it saturates, so one layer can never scale by more than
     ``exp(bound)`` or less than ``exp(-bound)``. ``bound=None`` leaves ``raw`` as is.
+
+    Computed as ``2 b (sigmoid(2 raw / b) - 1/2)``, with ``tanh(u) = 2 sigmoid(2u) - 1``:
+    on CPU, ATen's sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a
+    (64, 392) float32 tensor), is not split across threads below 32768 elements
+    (tanh is, from about 1024 on: one thread fork and join per layer) and has a
+    one-kernel backward. The price is an absolute rather than a relative rounding
+    error, at most about ``2 eps * bound`` (6e-7 in float32 for the default bound 3):
+    a log-scale 2 ulp off at worst. ``|result| <= bound`` holds exactly; ``+-inf``
+    gives ``+-bound`` and NaN stays NaN.
     """
     if bound is None:
         return raw
-    return torch.tanh(raw / bound) * bound
+    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * bound)
 
 
 class ElementwiseMap(nn.Module):

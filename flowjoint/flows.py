@@ -174,7 +174,7 @@ class Flow(Distribution):
         inputs: Tensor,
         num_samples: int,
         context: Tensor | None = None,
-        chunk_size: int = 16384,
+        chunk_size: int = 4096,
     ) -> Tensor:
         """Importance-weighted bound ``logsumexp_k log_weight_k - log K <= log p(x)``; ``(batch,)``.
 
@@ -187,7 +187,12 @@ class Flow(Distribution):
             inputs: ``(batch, *event)``.
             num_samples: ``K >= 1``.
             context: ``(batch, context_features)`` or ``None``.
-            chunk_size: rows evaluated at once (>= 1).
+            chunk_size: rows evaluated at once (>= 1). The default suits vectors of a
+                few hundred entries: on the 784-dimensional VAE, 4096 rows ran 1.8x
+                faster than 16384, whose tensors are large enough for every chunk to
+                map and unmap fresh memory (system time); convolutional models, whose
+                activations are tens of times larger than their inputs, want a few
+                hundred.
         """
         self._check(inputs, context)
         check_positive_int(num_samples, "num_samples")

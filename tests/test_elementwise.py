@@ -1,0 +1,56 @@
+"""The element-wise maps: the soft clamp of the affine log-scale, and the maps' contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flowjoint as fj
+from flowjoint.elementwise import AdditiveMap, AffineMap
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bound", [0.5, 3.0, 10.0])
+def test_soft_clamp_is_bound_tanh_within_its_rounding(dtype, bound):
+    """b tanh(x / b), computed through sigmoid: equal to 2 eps b, bounded, monotone."""
+    eps = torch.finfo(dtype).eps
+    x = torch.linspace(-40 * bound, 40 * bound, 200_001, dtype=dtype)
+    got = fj.soft_clamp(x, bound)
+    reference = bound * torch.tanh(x.double() / bound)
+    assert (got.double() - reference).abs().max().item() <= 2 * eps * bound
+    assert bool((got.abs() <= bound).all())
+    assert bool((got[1:] >= got[:-1]).all())  # monotone
+    huge = torch.tensor([-torch.finfo(dtype).max, -1e30, 1e30, torch.finfo(dtype).max], dtype=dtype)
+    torch.testing.assert_close(
+        fj.soft_clamp(huge, bound), torch.tensor([-1.0, -1, 1, 1]).to(dtype) * bound
+    )
+    special = fj.soft_clamp(
+        torch.tensor([-float("inf"), float("inf"), float("nan")], dtype=dtype), bound
+    )
+    assert special[0].item() == -bound and special[1].item() == bound and special[2].isnan()
+
+
+def test_soft_clamp_has_slope_one_at_zero_and_none_is_unbounded():
+    raw = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    fj.soft_clamp(raw, 3.0).sum().backward()
+    torch.testing.assert_close(raw.grad, torch.ones(3, dtype=torch.float64))
+    x = torch.tensor([1e6])
+    assert fj.soft_clamp(x, None) is x
+
+
+def test_affine_and_additive_maps_invert_and_report_their_log_derivative():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    params = torch.randn(4, 6, dtype=torch.float64)
+    for elementwise in (AffineMap(2.0), AffineMap(None)):
+        y, logabsdet = elementwise(x, params)
+        back, logabsdet_inverse = elementwise.inverse(y, params)
+        torch.testing.assert_close(back, x)
+        torch.testing.assert_close(logabsdet_inverse, -logabsdet)
+        derivative = torch.func.vmap(torch.func.jacrev(lambda v, p, f=elementwise: f(v, p)[0]))(
+            x.unsqueeze(1), params.unsqueeze(1)
+        )  # (4, 1, 3, 1, 3)
+        diagonal = derivative.reshape(4, 3, 3).diagonal(dim1=-2, dim2=-1)
+        torch.testing.assert_close(logabsdet, diagonal.log())
+    y, logabsdet = AdditiveMap()(x, params[:, :3])
+    torch.testing.assert_close(y, x + params[:, :3])
+    assert logabsdet is None
