@@ -78,7 +78,7 @@ def test_every_model_has_settings_for_every_data_group_it_fits():
     quick = default_config("digits", "vae", quick=True)
     assert all(getattr(quick, k) == v for k, v in QUICK.items())
     assert default_config("my_points.npy", "nice").epochs == 100  # a user's file
-    assert default_evaluation("digits").discrete_samples == 1000
+    assert default_evaluation("digits").discrete_samples == 100
     assert default_evaluation("mnist5k").discrete_samples == 100
 
 

@@ -227,7 +227,9 @@ def evaluate_model(
     if levels is not None:
         k = settings.discrete_samples
         bound = -evaluate(
-            lambda x: model.iwae(x, k, chunk_size=settings.chunk_size), test, batch_size
+            lambda x: model.iwae(x, k, chunk_size=settings.chunk_size),
+            test,
+            min(batch_size, settings.chunk_size),
         )  # (n,)
         over = f"{test.shape[0]} test images"
         rows.append(_row("x", f"iwae_{k}", "bound", bound, dims, levels, over, False, k))

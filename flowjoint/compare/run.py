@@ -219,7 +219,10 @@ class _Run:
             what = f"{data.test.shape[0]} test points"
         self.log(f"{self.tag(name)}: evaluating ({what})")
         started = time.perf_counter()
-        test = data.inputs("test", model_spec(name).images)
+        images = model_spec(name).images
+        test = data.inputs("test", images)
+        if images:  # conv activations: smaller passes
+            settings = replace(settings, chunk_size=settings.image_chunk_size)
         rows = evaluate_model(model, test, data.levels, settings, seed=self.seed)
         history = record["history"]
         extra = {
