@@ -34,16 +34,15 @@ from torch import Tensor, nn
 
 from flowjoint.checks import (
     check_event_shape,
-    check_finite_values,
     check_inputs,
     check_positive_int,
 )
 from flowjoint.distributions import BaseDistribution, standard_normal_log_prob
 from flowjoint.elementwise import ConditionalAffine
 from flowjoint.flows import Flow
-from flowjoint.nets import MLP, ConvDecoder, ConvEncoder
+from flowjoint.nets import default_decoder_net, default_encoder_net
 from flowjoint.stochastic import Augment, AugmentedState, repeat_rows
-from flowjoint.transforms import Compose, Transform, is_stochastic, stochastic_layers
+from flowjoint.transforms import Compose, Transform
 
 __all__ = [
     "AugmentedFlow",
@@ -52,10 +51,7 @@ __all__ = [
     "JointNormal",
     "LOG_SCALE_BOUND",
     "LatentTransform",
-    "LogVarianceEncoder",
     "decoder_coupling",
-    "default_decoder_net",
-    "default_encoder_net",
     "encoder_coupling",
 ]
 
@@ -76,73 +72,6 @@ def check_state(state: object, data_shape: tuple[int, ...], latent_features: int
             f"inputs.data must have as many rows as inputs.latent ({rows}) or a divisor of "
             f"it (K draws per data row), got {rows_x}"
         )
-
-
-class LogVarianceEncoder(nn.Module):
-    """An encoder predicting ``(mu, log sigma^2)``, presented as ``(mu, log sigma)``.
-
-    ``net`` maps ``(batch, *data_shape)`` to ``(batch, 2d)``; the second half is read
-    as a log-variance and halved, ``log sigma = log sigma^2 / 2``, the usual VAE
-    parametrization (Kingma & Welling, 2013). Beyond the factor, it sets how fast
-    Adam moves ``log sigma``: half as fast as a head predicting ``log sigma`` directly
-    (see docs/results.md for the measured difference).
-
-    Args:
-        net: the encoder network.
-        latent_features: ``d``.
-    """
-
-    def __init__(self, net: nn.Module, latent_features: int) -> None:
-        super().__init__()
-        self.net = net
-        factor = torch.cat([torch.ones(latent_features), torch.full((latent_features,), 0.5)])
-        self.register_buffer("factor", factor, persistent=False)  # (2d,)
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        """``(batch, *data_shape)`` -> ``(batch, 2d)``: ``mu``, then ``log sigma``."""
-        return self.net(inputs) * self.factor
-
-
-def default_encoder_net(
-    data_shape: tuple[int, ...],
-    latent_features: int,
-    hidden_features: int | Sequence[int],
-    num_hidden_layers: int,
-) -> nn.Module:
-    """The default encoder ``(batch, *data_shape) -> (batch, 2d)``: an MLP on vectors,
-    a [`ConvEncoder`][flowjoint.ConvEncoder] on images, predicting a log-variance."""
-    d = latent_features
-    if len(data_shape) == 1:
-        net: nn.Module = MLP(data_shape[0], 2 * d, hidden_features, num_hidden_layers)
-    elif len(data_shape) == 3:
-        width = hidden_features if isinstance(hidden_features, int) else hidden_features[0]
-        net = ConvEncoder(data_shape, 2 * d, hidden_features=width)
-    else:
-        raise ValueError(f"data_shape must be (D,) or (C, H, W), got {data_shape}")
-    return LogVarianceEncoder(net, d)
-
-
-def default_decoder_net(
-    data_shape: tuple[int, ...],
-    latent_features: int,
-    params_per_entry: int,
-    hidden_features: int | Sequence[int],
-    num_hidden_layers: int,
-) -> nn.Module:
-    """The default decoder ``(batch, d) -> (batch, params * C, *rest)``, mirroring the encoder."""
-    if len(data_shape) == 1:
-        widths = (
-            list(reversed(hidden_features))
-            if isinstance(hidden_features, Sequence)
-            else hidden_features
-        )
-        return MLP(latent_features, params_per_entry * data_shape[0], widths, num_hidden_layers)
-    if len(data_shape) == 3:
-        width = hidden_features if isinstance(hidden_features, int) else hidden_features[0]
-        return ConvDecoder(
-            latent_features, data_shape, params_per_entry * data_shape[0], hidden_features=width
-        )
-    raise ValueError(f"data_shape must be (D,) or (C, H, W), got {data_shape}")
 
 
 class EncoderCoupling(Transform):
@@ -458,36 +387,6 @@ class AugmentedFlow(Flow):
         Without ``eps`` it raises like every stochastic stack's ``log_prob`` (use
         `elbo` or `iwae`). See [`log_prob`][flowjoint.JointVAE.log_prob].
         """
-        return joint_log_prob(self, inputs, eps)
-
-
-def joint_log_prob(flow: Flow, inputs: Tensor, eps: Tensor | None) -> Tensor:
-    """``log p(x, eps)`` of ``flow`` after its ``Augment`` layer (preprocessing counted)."""
-    if eps is None:
-        return Flow.log_prob(flow, inputs)
-    flow._check(inputs, None)
-    index = next(i for i, layer in enumerate(flow.transform) if isinstance(layer, Augment))
-    before = list(flow.transform)[:index]
-    if any(is_stochastic(layer) for layer in before):
-        raise ValueError(
-            "log_prob(x, eps) needs bijective layers before Augment, but "
-            f"{', '.join(stochastic_layers(flow.transform[:index]))} draws its output: "
-            "evaluate elbo or iwae instead"
-        )
-    total = inputs.new_zeros(inputs.shape[0])
-    x = inputs
-    for layer in before:  # preprocessing (Scale, Logit)
-        x, logabsdet = layer(x)
-        total = total + logabsdet
-    check_inputs(eps, flow.transform[index].features, "eps")
-    if flow.validate and not torch.compiler.is_compiling():
-        check_finite_values(eps, "eps")
-    if eps.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"eps must have the batch size of x ({x.shape[0]}), got shape {tuple(eps.shape)}"
-        )
-    state: AugmentedState = AugmentedState(x, eps)
-    for layer in list(flow.transform)[index + 1 :]:
-        state, logabsdet = layer(state)
-        total = total + logabsdet
-    return flow.base.log_prob(state) + total
+        if eps is None:
+            return Flow.log_prob(self, inputs)
+        return self.joint_log_prob(inputs, eps)

@@ -26,8 +26,8 @@ from flowjoint.checks import (
     check_positive_int,
 )
 from flowjoint.distributions import BaseDistribution
-from flowjoint.stochastic import AugmentedState
-from flowjoint.transforms import Transform, is_stochastic, repeat_rows, stochastic_layers
+from flowjoint.stochastic import Augment, AugmentedState
+from flowjoint.transforms import Compose, Transform, is_stochastic, repeat_rows, stochastic_layers
 
 __all__ = ["Flow"]
 
@@ -209,6 +209,46 @@ class Flow(Distribution):
             log_w = self._log_weights(inputs, context, k)  # (batch, k)
             total = torch.logaddexp(total, log_w.logsumexp(1))
         return total - math.log(num_samples)
+
+    def joint_log_prob(self, inputs: Tensor, eps: Tensor) -> Tensor:
+        """Exact ``log p(x, eps)`` of the stack after its ``Augment`` layer; ``(batch,)``.
+
+        The layers before ``Augment`` (bijective preprocessing such as ``Scale`` and
+        ``Logit``) are counted; ``eps`` ``(batch, d)`` stands for ``Augment``'s draw, and
+        the layers after it and the base density give the density of ``(x, eps)``.
+        ``JointVAE.log_prob(x, eps)`` and ``AugmentedFlow.log_prob(x, eps)`` are this.
+
+        Raises:
+            ValueError: the stack has no ``Augment`` layer, or a layer before it draws.
+        """
+        self._check(inputs, None)
+        layers = list(self.transform) if isinstance(self.transform, Compose) else [self.transform]
+        index = next((i for i, layer in enumerate(layers) if isinstance(layer, Augment)), None)
+        if index is None:
+            raise ValueError("joint_log_prob needs a stack with an Augment layer; this has none")
+        if any(is_stochastic(layer) for layer in layers[:index]):
+            raise ValueError(
+                "log_prob(x, eps) needs bijective layers before Augment, but "
+                f"{', '.join(stochastic_layers(Compose(layers[:index])))} draws its output: "
+                "evaluate elbo or iwae instead"
+            )
+        total = inputs.new_zeros(inputs.shape[0])
+        x = inputs
+        for layer in layers[:index]:  # preprocessing (Scale, Logit)
+            x, logabsdet = layer(x)
+            total = total + logabsdet
+        check_inputs(eps, layers[index].features, "eps")
+        if self.validate and not torch.compiler.is_compiling():
+            check_finite_values(eps, "eps")
+        if eps.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"eps must have the batch size of x ({x.shape[0]}), got shape {tuple(eps.shape)}"
+            )
+        state = AugmentedState(x, eps)
+        for layer in layers[index + 1 :]:
+            state, logabsdet = layer(state)
+            total = total + logabsdet
+        return self.base.log_prob(state) + total
 
     def transform_to_noise(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """``f(inputs)``: ``(batch, *event)`` -> noise (stochastic layers draw once)."""

@@ -34,15 +34,13 @@ from flowjoint.augmented import (
     DecoderCoupling,
     EncoderCoupling,
     LatentTransform,
-    default_decoder_net,
-    default_encoder_net,
     encoder_coupling,
-    joint_log_prob,
 )
 from flowjoint.checks import check_event_shape, check_inputs, check_positive_int
 from flowjoint.decoders import BernoulliDecoder, GaussianDecoder, JointBase
 from flowjoint.distributions import LOG_2PI, StandardNormal
 from flowjoint.flows import Flow
+from flowjoint.nets import default_decoder_net, default_encoder_net
 from flowjoint.stochastic import Augment, AugmentedState
 from flowjoint.transforms import Compose, Transform, is_stochastic
 
@@ -278,7 +276,9 @@ class JointVAE(Flow):
         Returns:
             ``(batch,)``.
         """
-        return joint_log_prob(self, inputs, eps)
+        if eps is None:
+            return Flow.log_prob(self, inputs)
+        return self.joint_log_prob(inputs, eps)
 
     def elbo(
         self,

@@ -15,9 +15,7 @@ from flowjoint.compare.config import (
     DEFAULT_MODELS,
     QUICK,
     TOY_DATASETS,
-    EvaluationConfig,
     default_config,
-    default_evaluation,
 )
 from flowjoint.compare.datasets import load_data
 from flowjoint.compare.evaluation import (
@@ -29,6 +27,7 @@ from flowjoint.compare.evaluation import (
 from flowjoint.compare.models import DataSpec, build_model
 from flowjoint.compare.plots import image_grid
 from flowjoint.compare.report import format_report
+from flowjoint.compare.scoring import EvaluationConfig, default_evaluation
 from flowjoint.compare.store import OutputFolder
 from flowjoint.testing import randomize_parameters
 

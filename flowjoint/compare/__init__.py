@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING
 from flowjoint.compare.config import (
     DATASETS,
     MODELS,
-    EvaluationConfig,
     ModelConfig,
     ModelSpec,
     default_config,
-    default_evaluation,
     register_model,
 )
+from flowjoint.compare.scoring import EvaluationConfig, default_evaluation
 
 if TYPE_CHECKING:
     from flowjoint.compare.datasets import SplitOptions, load_data

@@ -26,8 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from flowjoint.augmented import joint_log_prob
-from flowjoint.compare.config import EvaluationConfig
+from flowjoint.compare.scoring import EvaluationConfig
 from flowjoint.data import dequantize
 from flowjoint.fitting import evaluate
 from flowjoint.flows import Flow
@@ -169,7 +168,7 @@ def _density_metrics(
 
         def joint(x: Tensor) -> Tensor:
             eps = torch.randn(x.shape[0], d, dtype=x.dtype, device=x.device)
-            return joint_log_prob(flow, x, eps)
+            return flow.joint_log_prob(x, eps)
 
         metrics["joint"] = ("joint", None, d, joint)
     return metrics

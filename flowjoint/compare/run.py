@@ -25,11 +25,9 @@ import torch
 from flowjoint.checkpoints import load_checkpoint
 from flowjoint.compare.config import (
     MODELS,
-    EvaluationConfig,
     ModelConfig,
     config_fields,
     default_config,
-    default_evaluation,
     default_models,
     model_spec,
 )
@@ -43,6 +41,7 @@ from flowjoint.compare.datasets import (
 from flowjoint.compare.evaluation import evaluate_model
 from flowjoint.compare.models import build_model
 from flowjoint.compare.report import format_report, ordered_row
+from flowjoint.compare.scoring import EvaluationConfig, default_evaluation
 from flowjoint.compare.store import OutputFolder
 from flowjoint.flows import Flow
 from flowjoint.train import fit
