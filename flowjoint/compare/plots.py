@@ -233,10 +233,45 @@ def _panel(model: Flow, kind: type, x: Tensor) -> tuple[Tensor, Tensor] | None:
         return jacobian(layer, inputs), mask
 
 
+def _image_panels(seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Jacobians of a checkerboard and a channel coupling on a small image, and their masks.
+
+    Fresh layers with random weights, on a 1x6x6 image and on the 4x3x3 image a squeeze
+    makes of it: the multi-scale flow's two kinds of coupling, over pixels.
+    """
+    from flowjoint import AffineCoupling, ResidualConvNet, channel_mask, checkerboard_mask
+    from flowjoint.jacobians import jacobian
+    from flowjoint.testing import randomize_parameters
+
+    torch.manual_seed(seed)
+    checker = checkerboard_mask((1, 6, 6))
+    channels = channel_mask(4)
+    layers = {
+        "checkerboard coupling, 1x6x6 image": (
+            AffineCoupling(checker, 8, 1),
+            torch.randn(4, 1, 6, 6),
+            checker,
+        ),
+        "channel coupling, 4x3x3 image": (
+            AffineCoupling(channels, net=ResidualConvNet(2, 4, 8, 1)),
+            torch.randn(4, 4, 3, 3),
+            channels.view(4, 1, 1).expand(4, 3, 3),
+        ),
+    }
+    jacobians, masks = {}, {}
+    for title, (layer, x, mask) in layers.items():
+        layer = randomize_parameters(layer, seed=seed).double()
+        with torch.enable_grad():
+            jacobians[title] = jacobian(layer, x.double())
+        masks[title] = mask.flatten()
+    return jacobians, masks
+
+
 def plot_jacobians(
     models: Mapping[str, Flow], data: ComparisonData, path: str | os.PathLike, seed: int = 0
 ) -> None:
-    """Jacobian patterns of a NICE layer, a Real NVP layer and the VAE's encoder coupling.
+    """Jacobian patterns of a NICE layer, a Real NVP layer, the VAE's encoder coupling and,
+    on images, a checkerboard and a channel coupling.
 
     Each is taken from the trained model when it was compared, else from a fresh small
     one with random weights; evaluated at four test points (dequantized and
@@ -260,6 +295,10 @@ def plot_jacobians(
         panel = _panel(model.eval(), kind, x)
         if panel is not None:
             jacobians[title], masks[title] = panel
+    if data.spec.image_shape is not None:
+        images, image_masks = _image_panels(seed)
+        jacobians.update(images)
+        masks.update(image_masks)
     plt = _pyplot()
     fig = plot_jacobian_patterns(jacobians, masks)
     fig.text(
