@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 import flowjoint
-from flowjoint.data import TOY_DATASETS, TOY_ENTROPIES, toy_data
+from flowjoint.toys import TOY_DATASETS, TOY_ENTROPIES, toy_data
 from flowjoint.train import evaluate, fit
 
 #: Today's Real NVP test NLL on each toy (docs/results.md), for comparison.

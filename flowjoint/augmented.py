@@ -105,7 +105,7 @@ class EncoderCoupling(Transform):
         """``(x, eps) -> (x, z)``; logabsdet ``(rows,)``."""
         check_state(inputs, self.data_shape, self.latent_features)
         x, eps = inputs
-        z, logabsdet = self.elementwise.run(eps, x)
+        z, logabsdet = self.elementwise.map(eps, x)
         return AugmentedState(x, z), logabsdet
 
     def inverse(
@@ -114,7 +114,7 @@ class EncoderCoupling(Transform):
         """``(x, z) -> (x, eps)``, ``eps = (z - mu(x)) / sigma(x)``; logabsdet of the inverse."""
         check_state(inputs, self.data_shape, self.latent_features)
         x, z = inputs
-        eps, logabsdet = self.elementwise.run(z, x, inverse=True)
+        eps, logabsdet = self.elementwise.map(z, x, inverse=True)
         return AugmentedState(x, eps), logabsdet
 
 
@@ -149,7 +149,7 @@ class DecoderCoupling(Transform):
         """``(x, z) -> (u, z)``; logabsdet ``(rows,)``. ``x`` is repeated for ``z``'s rows."""
         check_state(inputs, self.data_shape, self.latent_features)
         x, z = inputs
-        u, logabsdet = self.elementwise.run(repeat_rows(x, z.shape[0]), z, inverse=True)
+        u, logabsdet = self.elementwise.map(repeat_rows(x, z.shape[0]), z, inverse=True)
         return AugmentedState(u, z), logabsdet
 
     def inverse(
@@ -158,7 +158,7 @@ class DecoderCoupling(Transform):
         """``(u, z) -> (x, z)``, ``x = m(z) + s(z) * u``; logabsdet of the inverse."""
         check_state(inputs, self.data_shape, self.latent_features)
         u, z = inputs
-        x, logabsdet = self.elementwise.run(repeat_rows(u, z.shape[0]), z)
+        x, logabsdet = self.elementwise.map(repeat_rows(u, z.shape[0]), z)
         return AugmentedState(x, z), logabsdet
 
 

@@ -63,14 +63,16 @@ def check_number(
 
 
 def check_log_scale_bound(value: object, name: str = "log_scale_bound") -> float | None:
-    """A soft bound on a log-scale: ``None`` (unbounded) or a finite number in ``(0, 80]``.
+    """A soft bound on a log-scale: ``None`` (unbounded) or a number in ``[1e-6, 80]``.
 
     80 is the largest bound whose ``exp(±bound)`` is finite and non-zero in float32
-    (``exp(88.7)`` overflows); a larger bound is no bound at all in that dtype.
+    (``exp(88.7)`` overflows): a larger bound is no bound at all in that dtype. Below
+    1e-6 a layer scales by less than one float32 ulp from 1, and the clamp's
+    ``2 / bound`` overflows float32 near 1e-39: use an additive coupling instead.
     """
     if value is None:
         return None
-    return check_number(value, name, low=0.0, low_open=True, high=80.0)
+    return check_number(value, name, low=1e-6, high=80.0)
 
 
 def check_event_shape(shape: object, name: str) -> tuple[int, ...]:

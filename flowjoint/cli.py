@@ -16,7 +16,7 @@ once.
 
 Example::
 
-    flowjoint compare --out runs/digits                  # digits, all four models
+    flowjoint compare --out runs/digits                  # digits, its five default models
     flowjoint compare --quick                            # end to end, writes runs/quick/digits
     flowjoint compare --dataset moons.npy --models realnvp vae
 """
@@ -24,6 +24,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,7 +39,7 @@ exit status: 0 done; 1 bad data, output folder or failed run; 2 bad options;
 
 _COMPARE_EPILOG = """\
 examples:
-  flowjoint compare --out runs/digits           digits, all four models (minutes)
+  flowjoint compare --out runs/digits           digits, the five default models (minutes)
   flowjoint compare --quick                     end to end in under a minute; runs/quick/digits
   flowjoint compare --dataset mnist5k --models realnvp vae
   flowjoint compare --dataset points.npy --models realnvp vae
@@ -66,7 +68,13 @@ def _number(kind: type, accept: Callable[[float], bool], expected: str) -> Calla
 
 
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _number(float, lambda v: v > 0, "a positive number")
+_positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
+_seed = _number(int, lambda v: 0 <= v < 2**63, "an integer from 0 to 2**63 - 1")
+_threads = _number(
+    int,
+    lambda v: 1 <= v <= (os.cpu_count() or 1),
+    f"an integer from 1 to this machine's CPU count ({os.cpu_count() or 1})",
+)
 _levels = _number(int, lambda v: v >= 2, "an integer >= 2")
 _alpha = _number(float, lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
 _open_fraction = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
@@ -129,7 +137,7 @@ def _add_data_options(p: argparse.ArgumentParser, datasets: Sequence[str]) -> No
         help="a file: share of the rows for the test set",
     )
     data.add_argument(
-        "--split-seed", type=int, default=0, metavar="N", help="a file: seed of the random split"
+        "--split-seed", type=_seed, default=0, metavar="N", help="a file: seed of the random split"
     )
 
 
@@ -224,13 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default: runs/<dataset>, or runs/quick/<dataset> with --quick)",
     )
     run.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the models, training, noise"
+        "--seed", type=_seed, default=0, metavar="N", help="seed of the models, training, noise"
     )
     run.add_argument(
-        "--quick", action="store_true", help="tiny models, 2 epochs: an end-to-end check"
+        "--quick", action="store_true", help="tiny models, few epochs: an end-to-end check"
     )
     run.add_argument(
-        "--threads", type=_positive_int, default=2, metavar="N", help="CPU threads for torch"
+        "--threads", type=_threads, default=2, metavar="N", help="CPU threads for torch"
     )
     run.add_argument(
         "--no-progress",

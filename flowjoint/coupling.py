@@ -243,7 +243,7 @@ class Coupling(BlockTransform):
     ) -> tuple[Tensor, Tensor, Tensor]:
         check_context(context, first.shape[0], self.context_features)
         self._check_net_fits(first)
-        run = self.elementwise.run
+        run = self.elementwise.map
         if self._layout == "kept_first":
             second, logabsdet = run(second, self._condition(first, context), inverse)
         else:
@@ -267,7 +267,7 @@ class Coupling(BlockTransform):
         if self._layout == "masked":
             return self._map_masked(inputs, context, inverse)
         kept, transformed = self.split(inputs)
-        transformed, logabsdet = self.elementwise.run(
+        transformed, logabsdet = self.elementwise.map(
             transformed, self._condition(kept, context), inverse
         )
         return self.merge(kept, transformed), logabsdet

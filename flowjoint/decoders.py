@@ -26,7 +26,19 @@ from flowjoint.elementwise import ConditionalAffine
 from flowjoint.flows import Flow
 from flowjoint.stochastic import AugmentedState, repeat_rows
 
-__all__ = ["BernoulliDecoder", "GaussianDecoder", "JointBase"]
+__all__ = ["BernoulliDecoder", "EventDistribution", "GaussianDecoder", "JointBase"]
+
+
+class EventDistribution(Independent):
+    """``torch.distributions.Independent`` whose ``log_prob`` also takes an empty batch.
+
+    torch sums the event dimensions after ``reshape(..., -1)``, which a tensor with no
+    elements cannot take; flattening them first gives the same sums and ``(0,)``.
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        log_prob = self.base_dist.log_prob(value)
+        return log_prob.flatten(-self.reinterpreted_batch_ndims).sum(-1)
 
 
 def _check_net(net: object, name: str) -> nn.Module:
@@ -72,7 +84,7 @@ class BernoulliDecoder(nn.Module):
 
     def distribution(self, z: Tensor) -> Independent:
         """``p(x|z)`` as ``Independent(Bernoulli(logits), event dims)``, batch ``(batch,)``."""
-        return Independent(Bernoulli(logits=self.logits(z)), len(self.data_shape))
+        return EventDistribution(Bernoulli(logits=self.logits(z)), len(self.data_shape))
 
     def mean(self, z: Tensor) -> Tensor:
         """``E[x|z] = sigmoid(logits)``, ``(batch, *data_shape)``."""
@@ -137,7 +149,7 @@ class GaussianDecoder(nn.Module):
 
     def distribution(self, z: Tensor) -> Independent:
         """``p(x|z)`` as ``Independent(Normal(m, s), event dims)``, batch ``(batch,)``."""
-        return Independent(Normal(*self.mean_and_scale(z)), len(self.data_shape))
+        return EventDistribution(Normal(*self.mean_and_scale(z)), len(self.data_shape))
 
     def mean(self, z: Tensor) -> Tensor:
         """``E[x|z] = m(z)``, ``(batch, *data_shape)``."""

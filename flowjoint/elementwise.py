@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from flowjoint.checks import (
-    check_context,
     check_event_shape,
     check_inputs,
     check_log_scale_bound,
@@ -33,7 +32,7 @@ from flowjoint.checks import (
     sum_event,
 )
 from flowjoint.nets import MLP
-from flowjoint.transforms import Transform, repeat_rows
+from flowjoint.transforms import SavedSettings, Transform, has_hooks, repeat_rows
 
 __all__ = [
     "AdditiveMap",
@@ -85,7 +84,7 @@ class ElementwiseMap(nn.Module):
         raise NotImplementedError
 
 
-class AffineMap(ElementwiseMap):
+class AffineMap(SavedSettings, ElementwiseMap):
     """``y = shift + exp(log_scale) * x``, ``log_scale = soft_clamp(raw, log_scale_bound)``.
 
     Args:
@@ -104,6 +103,9 @@ class AffineMap(ElementwiseMap):
 
     def extra_repr(self) -> str:
         return f"log_scale_bound={self.log_scale_bound}"
+
+    def settings(self) -> dict[str, object]:
+        return {"log_scale_bound": self.log_scale_bound}
 
     def shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, raw = params.chunk(2, dim=1)  # (batch, n, *rest) each
@@ -226,9 +228,29 @@ class ConditionalElementwise(Transform):
             return outputs, inputs.new_zeros(inputs.shape[0])
         return outputs, sum_event(logabsdet)
 
+    def map(self, inputs: Tensor, context: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        """[`run`][flowjoint.ConditionalElementwise.run] for the layers built on this map, through a module call when hooks are set.
+
+        Layers call ``map`` instead of calling this module, skipping the argument checks
+        they have made; when this module (or every module) has a hook, the forward
+        direction goes through ``__call__``, so that the hooks fire.
+        """
+        if not inverse and has_hooks(self):
+            return self(inputs, context)
+        return self.run(inputs, context, inverse)
+
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
-        check_inputs(inputs, self.event_shape)
-        check_context(context, inputs.shape[0], self.context_features)
+        if len(self.event_shape) == 1:  # a channel split may carry positions after dim 1
+            check_inputs(inputs, None, channels=self.features)
+        else:
+            check_inputs(inputs, self.event_shape)
+        check_inputs(context, None, "context", channels=self.context_features)
+        rows, context_rows = inputs.shape[0], context.shape[0]
+        if context_rows != rows and (context_rows == 0 or rows % context_rows):
+            raise ValueError(
+                f"context must have the batch size of the inputs ({rows}) or a divisor of it "
+                f"(one context row for several draws), got shape {tuple(context.shape)}"
+            )
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``inputs`` ``(batch, *features)``, ``context`` ``(batch, context_features, ...)``."""

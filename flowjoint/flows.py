@@ -13,6 +13,7 @@ with ``K`` independent passes. Training and evaluation call these for every mode
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -98,6 +99,7 @@ class Flow(Distribution):
                 f"by keyword (num_samples={context!r})"
             )
         check_inputs(inputs)
+        self._check_dtype(inputs)
         if context is not None:
             check_inputs(context, None, "context")
             if context.shape[0] != inputs.shape[0]:
@@ -288,8 +290,29 @@ class Flow(Distribution):
         if batch_size is not None:
             check_positive_int(batch_size, "batch_size")
         check_number(temperature, "temperature", low=0.0)
+        dtype = self._dtype()
+        if dtype is not None and temperature > torch.finfo(dtype).max:
+            raise ValueError(
+                f"temperature must be finite in the model's dtype {dtype}, got {temperature}"
+            )
         if context is not None:
             check_inputs(context, None, "context")
+
+    def _check_dtype(self, inputs: Tensor) -> None:
+        """Floating inputs of another dtype than the model's weights: a clear TypeError."""
+        dtype = self._dtype()
+        if dtype is not None and inputs.dtype != dtype:
+            raise TypeError(
+                f"inputs have dtype {inputs.dtype}, but the model computes in {dtype}: "
+                f"convert one of them (inputs.to({dtype}) or model.to({inputs.dtype}))"
+            )
+
+    def _dtype(self) -> torch.dtype | None:
+        """The dtype of the model's first parameter or buffer, None if it has neither."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return None
 
     def sample(
         self,

@@ -53,8 +53,8 @@ def checkerboard_mask(shape: Sequence[int], parity: int = 0) -> Tensor:
         raise ValueError(f"shape must be (C, H, W), got {shape}")
     _check_parity(parity)
     channels, height, width = shape
-    h = torch.arange(height).unsqueeze(1)
-    w = torch.arange(width).unsqueeze(0)
+    h = torch.arange(height, device="cpu").unsqueeze(1)
+    w = torch.arange(width, device="cpu").unsqueeze(0)
     board = (h + w) % 2 == parity  # (H, W)
     return board.expand(channels, height, width).clone()
 
@@ -63,7 +63,7 @@ def channel_mask(channels: int, parity: int = 0) -> Tensor:
     """A ``(C,)`` channel split: the second half transformed (``parity=0``) or the first."""
     check_positive_int(channels, "channels", minimum=2)
     _check_parity(parity)
-    second = torch.arange(channels) >= channels // 2
+    second = torch.arange(channels, device="cpu") >= channels // 2
     return second if parity == 0 else ~second
 
 
@@ -78,7 +78,7 @@ def alternating_masks(
     """
     check_positive_int(features, "features", minimum=2)
     check_positive_int(num_layers, "num_layers")
-    index = torch.arange(features)
+    index = torch.arange(features, device="cpu")
     if pattern == "halves":
         first = index >= features // 2
     elif pattern == "checkerboard":

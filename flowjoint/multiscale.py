@@ -25,7 +25,7 @@ from flowjoint.checks import (
     check_event_shape,
     check_inputs,
 )
-from flowjoint.transforms import Transform, is_stochastic
+from flowjoint.transforms import SavedSettings, Transform, is_stochastic
 
 __all__ = ["Multiscale"]
 
@@ -55,7 +55,7 @@ def _output_shape(transform: Transform, shape: tuple[int, ...], index: int) -> t
     return tuple(outputs.shape[1:])
 
 
-class Multiscale(Transform):
+class Multiscale(SavedSettings, Transform):
     """One transform per scale; after each scale but the last, half of the channels leave.
 
     Forward (data -> noise) for scales ``f_1 .. f_n`` on inputs ``x`` of event shape
@@ -146,6 +146,9 @@ class Multiscale(Transform):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, factored_shapes={self.factored_shapes}"
+
+    def settings(self) -> dict[str, object]:
+        return {"shape": list(self.shape), "scales": len(self.scales)}
 
     def __len__(self) -> int:
         return len(self.scales)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from flowjoint.checks import check_inputs, check_number, check_positive_int
-from flowjoint.transforms import Transform
+from flowjoint.transforms import SavedSettings, Transform
 
 __all__ = ["ActNorm", "BatchNorm"]
 
@@ -89,12 +89,26 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.shift = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
-        self._initialized = False
-        self.register_load_state_dict_post_hook(ActNorm._sync_initialized)
+        # The buffer known to hold True: reading a buffer's value costs a device
+        # synchronisation, so it is read only while it is not this one (a fresh layer, a
+        # loaded state, the buffers torch.func.functional_call substitutes).
+        self._known_initialized: Tensor | None = None
+        self.register_load_state_dict_post_hook(ActNorm._forget_initialized)
 
     @staticmethod
-    def _sync_initialized(module: ActNorm, incompatible_keys: object) -> None:
-        module._initialized = bool(module.initialized)
+    def _forget_initialized(module: ActNorm, incompatible_keys: object) -> None:
+        module._known_initialized = None
+
+    def _needs_initialization(self) -> bool:
+        buffer = self.initialized
+        if buffer is self._known_initialized:
+            return False
+        if buffer.is_meta:  # no value to read: initialise, which reads none either
+            return True
+        if bool(buffer):
+            self._known_initialized = buffer
+            return False
+        return True
 
     def extra_repr(self) -> str:
         return f"features={self.features}"
@@ -122,14 +136,14 @@ class ActNorm(Transform):
         self.log_scale.copy_(-torch.log(std + self.init_eps))
         self.shift.copy_(-mean * self.log_scale.exp())
         self.initialized.fill_(True)
-        self._initialized = True
+        self._known_initialized = self.initialized
 
     def _check(self, inputs: Tensor) -> None:
         check_inputs(inputs, None, channels=self.features)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(inputs)
-        if self.training and not self._initialized:
+        if self.training and self._needs_initialization():
             self.initialize(inputs)
         log_scale, shift = _view(self.log_scale, inputs), _view(self.shift, inputs)
         outputs = torch.addcmul(shift, inputs, log_scale.exp())
@@ -144,7 +158,7 @@ class ActNorm(Transform):
         return outputs, logabsdet.expand(inputs.shape[0])
 
 
-class BatchNorm(Transform):
+class BatchNorm(SavedSettings, Transform):
     """Batch normalization as a flow layer, per channel (per feature of a vector).
 
     Forward and log-det, with batch statistics in training mode and running
@@ -180,6 +194,9 @@ class BatchNorm(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}, eps={self.eps}"
+
+    def settings(self) -> dict[str, object]:
+        return {"momentum": self.momentum, "eps": self.eps}
 
     def _statistics(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training:

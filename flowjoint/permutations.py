@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from flowjoint.checks import check_inputs, check_positive_int
-from flowjoint.transforms import Transform
+from flowjoint.transforms import SavedSettings, Transform
 
 __all__ = ["Permutation", "RandomPermutation", "ReversePermutation"]
 
@@ -27,12 +27,12 @@ def _check_permutation(permutation: object, name: str = "permutation") -> Tensor
     if permutation.dim() != 1 or permutation.numel() == 0:
         raise ValueError(f"{name} must be 1-D and non-empty, got shape {tuple(permutation.shape)}")
     n = permutation.numel()
-    if not torch.equal(permutation.sort().values.cpu(), torch.arange(n)):
+    if not torch.equal(permutation.sort().values.cpu(), torch.arange(n, device="cpu")):
         raise ValueError(f"{name} must hold each of 0..{n - 1} once, got {permutation.tolist()}")
     return permutation
 
 
-class Permutation(Transform):
+class Permutation(SavedSettings, Transform):
     """Reorder along ``dim``: ``outputs[:, i] = inputs[:, permutation[i]]``; logabsdet 0.
 
     The inverse index is derived from ``permutation`` and rebuilt when a
@@ -77,6 +77,9 @@ class Permutation(Transform):
     def extra_repr(self) -> str:
         return f"features={self.features}, dim={self.dim}"
 
+    def settings(self) -> dict[str, object]:
+        return {"features": self.features, "dim": self.dim}
+
     def _check(self, inputs: Tensor) -> None:
         check_inputs(inputs)
         if inputs.dim() <= self.dim or inputs.shape[self.dim] != self.features:
@@ -96,7 +99,7 @@ class Permutation(Transform):
         return outputs, inputs.new_zeros(inputs.shape[0])
 
 
-class ReversePermutation(Transform):
+class ReversePermutation(SavedSettings, Transform):
     """Reverse the order along ``dim`` (features, or channels of an image); logabsdet 0.
 
     Example:
@@ -112,6 +115,9 @@ class ReversePermutation(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, dim={self.dim}"
+
+    def settings(self) -> dict[str, object]:
+        return {"features": self.features, "dim": self.dim}
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_inputs(inputs)
@@ -137,4 +143,4 @@ class RandomPermutation(Permutation):
     def __init__(self, features: int, dim: int = 1, *, seed: int = 0) -> None:
         check_positive_int(features, "features")
         generator = torch.Generator().manual_seed(seed)
-        super().__init__(torch.randperm(features, generator=generator), dim)
+        super().__init__(torch.randperm(features, generator=generator, device="cpu"), dim)

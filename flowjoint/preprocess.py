@@ -19,12 +19,12 @@ from torch import Tensor, nn
 
 from flowjoint.checks import check_inputs, check_number, check_positive_int, sum_event
 from flowjoint.stochastic import UniformDequantization, VariationalDequantization
-from flowjoint.transforms import Transform
+from flowjoint.transforms import SavedSettings, Transform
 
 __all__ = ["Logit", "Scale", "pixel_preprocessing"]
 
 
-class Scale(Transform):
+class Scale(SavedSettings, Transform):
     """Multiply by a fixed positive constant, or divide by one: ``y = x * factor``.
 
     Forward and log-det::
@@ -60,14 +60,15 @@ class Scale(Transform):
         else:
             self.divisor = check_number(divisor, "divisor", low=0.0, low_open=True)
             self.factor = 1.0 / self.divisor
-        self.log_factor = (
-            math.log(self.factor) if self.divisor is None else -math.log(self.divisor)
-        )
+        self.log_factor = math.log(self.factor) if self.divisor is None else -math.log(self.divisor)
 
     def extra_repr(self) -> str:
         if self.divisor is not None:
             return f"divisor={self.divisor}"
         return f"factor={self.factor}"
+
+    def settings(self) -> dict[str, object]:
+        return {"factor": self.factor, "divisor": self.divisor}
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_inputs(inputs)
@@ -86,7 +87,7 @@ class Scale(Transform):
         return inputs / self.factor, logabsdet
 
 
-class Logit(Transform):
+class Logit(SavedSettings, Transform):
     """Logit of a squeezed unit interval, as in Real NVP's preprocessing.
 
     Forward (``[0, 1] -> R``) and log-det::
@@ -126,6 +127,9 @@ class Logit(Transform):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
+
+    def settings(self) -> dict[str, object]:
+        return {"alpha": self.alpha}
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_inputs(inputs)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from flowjoint.checks import check_inputs, check_positive_int
-from flowjoint.transforms import Transform
+from flowjoint.transforms import SavedSettings, Transform
 
 __all__ = ["Squeeze"]
 
 
-class Squeeze(Transform):
+class Squeeze(SavedSettings, Transform):
     """Fold each ``f x f`` block of pixels into channels: ``(C, H, W) -> (f²C, H/f, W/f)``.
 
     Forward (data -> noise), with ``f = factor`` and ``0 <= i, j < f`` the position of a
@@ -49,6 +49,9 @@ class Squeeze(Transform):
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
+
+    def settings(self) -> dict[str, object]:
+        return {"factor": self.factor}
 
     def output_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """The event shape of the outputs for inputs of event shape ``(C, H, W)``.

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from flowjoint.checks import check_number, check_positive_int
 from flowjoint.elementwise import ElementwiseMap
+from flowjoint.transforms import SavedSettings
 
 __all__ = ["SplineMap", "rational_quadratic_spline"]
 
@@ -119,7 +120,7 @@ def rational_quadratic_spline(
     return torch.where(inside, outputs, inputs), torch.where(inside, logabsdet, 0.0)
 
 
-class SplineMap(ElementwiseMap):
+class SplineMap(SavedSettings, ElementwiseMap):
     """Monotonic rational-quadratic spline on ``[-tail_bound, tail_bound]``, identity outside.
 
     ``num_bins`` bins with ``3 * num_bins - 1`` parameters per scalar (widths, heights,
@@ -165,6 +166,15 @@ class SplineMap(ElementwiseMap):
 
     def extra_repr(self) -> str:
         return f"num_bins={self.num_bins}, tail_bound={self.tail_bound}"
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "num_bins": self.num_bins,
+            "tail_bound": self.tail_bound,
+            "min_bin_width": self.min_bin_width,
+            "min_bin_height": self.min_bin_height,
+            "min_derivative": self.min_derivative,
+        }
 
     def _run(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         k = self.num_bins

@@ -40,7 +40,7 @@ from flowjoint.checks import (
 from flowjoint.distributions import standard_normal_log_prob
 from flowjoint.elementwise import ConditionalAffine
 from flowjoint.nets import MLP, ResidualConvNet
-from flowjoint.transforms import StochasticTransform, repeat_rows
+from flowjoint.transforms import SavedSettings, StochasticTransform, repeat_rows
 
 __all__ = [
     "Augment",
@@ -72,7 +72,7 @@ def _nan(rows: int, like: Tensor) -> Tensor:
     return like.new_full((rows,), math.nan)
 
 
-class Augment(StochasticTransform):
+class Augment(SavedSettings, StochasticTransform):
     """``x -> (x, eps)``, ``eps ~ N(0, I_d)``: the VAE's augmentation as a layer.
 
     Forward (data -> noise) and its contribution::
@@ -100,6 +100,9 @@ class Augment(StochasticTransform):
     def extra_repr(self) -> str:
         return f"features={self.features}"
 
+    def settings(self) -> dict[str, object]:
+        return {"features": self.features}
+
     def forward(
         self, inputs: Tensor, context: Tensor | None = None, num_samples: int = 1
     ) -> tuple[AugmentedState, Tensor]:
@@ -122,7 +125,7 @@ class Augment(StochasticTransform):
         return inputs.data, _nan(inputs.data.shape[0], inputs.data)
 
 
-class _Dequantization(StochasticTransform):
+class _Dequantization(SavedSettings, StochasticTransform):
     """Shared checks, the clamp below ``x + 1`` and the generative ``floor``."""
 
     def __init__(self, levels: int | None, validate: bool) -> None:
@@ -135,9 +138,20 @@ class _Dequantization(StochasticTransform):
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
 
+    def settings(self) -> dict[str, object]:
+        return {"levels": self.levels}
+
     def _check(self, inputs: Tensor, num_samples: int) -> None:
         check_inputs(inputs)
         check_positive_int(num_samples, "num_samples")
+        # Below 1 / eps the representable values are less than 1 apart, so x + u keeps
+        # some of its noise; above it, x + u rounds back to an integer.
+        finest = 1 / torch.finfo(inputs.dtype).eps
+        if self.levels is not None and self.levels > finest:
+            raise ValueError(
+                f"levels={self.levels} is too many for {inputs.dtype} inputs: above "
+                f"{int(finest)} the dequantization noise is rounded away; use float64 inputs"
+            )
         if not self.validate or inputs.numel() == 0 or torch.compiler.is_compiling():
             return
         # floor(inf) == inf, so +inf passes the integer test: refuse it explicitly.

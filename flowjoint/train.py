@@ -17,6 +17,7 @@ synchronised from rank 0 after each epoch, and only rank 0 writes and reports.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -144,7 +145,11 @@ class _Run:
         self.fingerprint = fingerprint(model, key, *data) if with_fingerprint else {}
 
     def snapshot(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # Tensors are copied; a layer's saved settings (extra state) are plain values.
+        return {
+            k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+            for k, v in self.model.state_dict().items()
+        }
 
     def state(self, epoch: int) -> dict:
         """Everything `resume` needs to continue exactly after ``epoch``."""
@@ -159,6 +164,7 @@ class _Run:
             "best_val_loss": self.result.best_val_loss,
             "best_model": self.best_state,
             "fingerprint": self.fingerprint,
+            "stop_reason": self.result.stop_reason,
         }
 
     def resume(self, path: str | os.PathLike) -> None:
@@ -178,6 +184,10 @@ class _Run:
         self.result.best_epoch = int(state["best_epoch"])
         self.result.best_val_loss = float(state["best_val_loss"])
         self.best_state = state["best_model"]
+        if state.get("stop_reason") == "early_stopping":
+            # The run had ended: resuming it trains no further.
+            self.result.stop_reason = "early_stopping"
+            self.start_epoch = self.options.epochs
 
     def diverged(self, what: str, epoch: int) -> TrainingDiverged:
         directory = self.result.checkpoint_dir
@@ -233,7 +243,11 @@ class _Run:
         Without clipping, an infinite gradient in an epoch's last step would otherwise
         reach ``last.pt`` with a finite epoch loss.
         """
-        state = {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+        state = {
+            k: v
+            for k, v in self.model.state_dict().items()
+            if isinstance(v, Tensor) and v.is_floating_point()
+        }
         finite = torch.stack([torch.isfinite(v).all() for v in state.values()]).all()
         if self.ranks.any(not bool(finite)):
             bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
@@ -385,13 +399,14 @@ def _epoch(
         result.best_epoch = epoch
         result.best_val_loss = val_loss if has_val else train_loss
         run.best_state = run.snapshot()
-    run.save(epoch, improved)
-    report.epoch(row, has_val)
-    if run.says_stop(callback, row):
-        result.stop_reason = "callback"
-        return True
     patience = run.options.patience
     if patience is not None and epoch - result.best_epoch >= patience:
-        result.stop_reason = "early_stopping"
+        result.stop_reason = "early_stopping"  # saved with the state: a resume ends here
+    run.save(epoch, improved)
+    report.epoch(row, has_val)
+    if result.stop_reason == "early_stopping":
+        return True
+    if run.says_stop(callback, row):
+        result.stop_reason = "callback"
         return True
     return False

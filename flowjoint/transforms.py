@@ -43,6 +43,7 @@ from flowjoint.checks import check_inputs, check_positive_int
 __all__ = [
     "BlockTransform",
     "Compose",
+    "SavedSettings",
     "StochasticTransform",
     "Transform",
     "has_hooks",
@@ -50,6 +51,37 @@ __all__ = [
     "repeat_rows",
     "stochastic_layers",
 ]
+
+
+class SavedSettings:
+    """A layer whose computation depends on settings that are not tensors.
+
+    ``settings()`` returns them (numbers, strings, lists); they travel in the
+    ``state_dict`` as the module's extra state, and loading a state saved with other
+    settings raises ``ValueError`` naming them, instead of computing with this
+    layer's settings on the other layer's weights.
+    """
+
+    def settings(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def get_extra_state(self) -> dict[str, object]:
+        return {"settings": self.settings()}
+
+    def set_extra_state(self, state: object) -> None:
+        saved = state.get("settings") if isinstance(state, dict) else None
+        current = self.settings()
+        if saved != current:
+            differ = sorted(
+                key
+                for key in set(current) | set(saved or {})
+                if (saved or {}).get(key) != current.get(key)
+            )
+            raise ValueError(
+                f"cannot load a {type(self).__name__} saved with "
+                f"{ {k: (saved or {}).get(k) for k in differ} } into one with "
+                f"{ {k: current.get(k) for k in differ} }: build the layer with the saved settings"
+            )
 
 
 class StochasticTransform(Transform):

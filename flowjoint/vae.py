@@ -37,7 +37,7 @@ from flowjoint.augmented import (
     encoder_coupling,
 )
 from flowjoint.checks import check_event_shape, check_inputs, check_positive_int
-from flowjoint.decoders import BernoulliDecoder, GaussianDecoder, JointBase
+from flowjoint.decoders import BernoulliDecoder, EventDistribution, GaussianDecoder, JointBase
 from flowjoint.distributions import LOG_2PI, StandardNormal
 from flowjoint.flows import Flow
 from flowjoint.nets import default_decoder_net, default_encoder_net
@@ -233,6 +233,7 @@ class JointVAE(Flow):
 
     def _check(self, inputs: Tensor, context: Tensor | None) -> None:
         check_inputs(inputs, self.data_shape)
+        self._check_dtype(inputs)
         if context is not None:
             # elbo(x, K) passes K as the context: say where it belongs.
             hint = f" (pass num_samples={context} by keyword)" if isinstance(context, int) else ""
@@ -334,7 +335,7 @@ class JointVAE(Flow):
         """
         h = self._encoder_input(x)
         mu, log_sigma = self.encoder_coupling.elementwise.shift_and_log_scale(h)
-        gaussian = Independent(Normal(mu, log_sigma.exp()), 1)
+        gaussian = EventDistribution(Normal(mu, log_sigma.exp()), 1)
         if self.posterior_transform is None:
             return gaussian
         return TransformedDistribution(

@@ -360,7 +360,7 @@ def test_builder_shapes(shape, num_scales, outputs, factored):
         ({"coupling": "glow"}, ValueError, "coupling must be 'affine'"),
         ({"actnorm": 1}, TypeError, "actnorm must be a bool"),
         ({"conv1x1": "yes"}, TypeError, "conv1x1 must be a bool"),
-        ({"log_scale_bound": -1.0}, ValueError, "log_scale_bound must be > 0"),
+        ({"log_scale_bound": -1.0}, ValueError, "log_scale_bound must be >= 1e-06"),
     ],
 )
 def test_builder_arguments_are_checked(arguments, error, match):

@@ -305,7 +305,7 @@ def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
         fit(model, _data(), None, checkpoint_dir=tmp_path, **KW)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 3
-    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if torch.is_tensor(v))
 
 
 def test_infinite_gradient_in_the_last_step_never_reaches_the_checkpoint(tmp_path):
@@ -315,7 +315,7 @@ def test_infinite_gradient_in_the_last_step_never_reaches_the_checkpoint(tmp_pat
         fit(model, _data(), None, checkpoint_dir=tmp_path, clip_grad_norm=None, **KW)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 2
-    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if torch.is_tensor(v))
     with pytest.raises(TrainingDiverged, match="gradient norm"):
         fit(counting_flow(at=2, action="inf_gradient"), _data(), None, **KW)
 

@@ -3,7 +3,8 @@
 One concept per module:
 
 * `config`: the model registry, each model's settings per
-  data set (and the quick ones), how the test set is scored;
+  data set (and the quick ones), the default models of each data set;
+* `scoring`: how the test set is scored (draws, importance samples);
 * `models`: building each model as a [`Flow`][flowjoint.Flow]
   stack (pixel data: the preprocessing layers first);
 * `datasets`: named data sets and a user's array file;
@@ -18,8 +19,10 @@ The names below are importable from here; the configuration is imported at once
 
 Example:
     >>> from flowjoint.compare import MODELS, default_config
-    >>> list(MODELS)
+    >>> list(MODELS)[:4]
     ['nice', 'realnvp', 'vae', 'augmented']
+    >>> default_config("mnist5k", "msrealnvp").num_scales
+    3
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def format_report(
         entropy: the true entropy of a toy density, or None.
         quick: a ``--quick`` run (said in the title: its numbers are not results).
     """
-    kind = " (quick run: tiny models, 2 epochs; not results)" if quick else ""
+    kind = " (quick run: tiny models, few epochs; not results)" if quick else ""
     title = f"## {dataset}{kind}: test negative log-likelihood, lower is better"
     if not rows:
         return title + "\n\nNo model has finished yet.\n"

@@ -43,6 +43,7 @@ from flowjoint.compare.models import build_model
 from flowjoint.compare.report import format_report, ordered_row
 from flowjoint.compare.scoring import EvaluationConfig, default_evaluation
 from flowjoint.compare.store import OutputFolder
+from flowjoint.fitting import FitOptions
 from flowjoint.flows import Flow
 from flowjoint.train import fit
 
@@ -238,7 +239,9 @@ class _Run:
             "seed": self.seed,
             "quick": self.quick,
             "config": asdict(self.configs[name]),
-            "evaluation": _json(asdict(settings)),
+            # the settings asked for (finished() compares them), whatever pass size
+            # this model used
+            "evaluation": _json(asdict(self.evaluation)),
         }
         if data.entropy is not None:
             extra["entropy_nats"] = data.entropy
@@ -317,7 +320,7 @@ def compare(
             interrupted one resumes.
         seed: seeds the toys' draws, each model's initialisation and training, and the
             evaluation's noise.
-        quick: tiny models, 2 epochs, a few hundred examples: an end-to-end check.
+        quick: tiny models, few epochs, a few hundred examples: an end-to-end check.
         overrides: `ModelConfig` fields set for every
             model (``{"epochs": 10}``).
         evaluation: `EvaluationConfig` fields
@@ -355,10 +358,12 @@ def compare(
     for name, rows in finished.items():
         run.result.rows.extend(rows)
         run.load_finished(name, rows)
-    for name in names:
-        if name in finished:
-            continue
-        model = run.fresh_model(name, configs[name])
+    # Every model is built, and its training options checked, before any training.
+    fresh = {}
+    for name in (n for n in names if n not in finished):
+        FitOptions(**configs[name].fit_options)
+        fresh[name] = run.fresh_model(name, configs[name])
+    for name, model in fresh.items():
         if folder is not None:
             folder.write_settings(name, run.settings(name))
         record = run.train(name, model, progress, callback)

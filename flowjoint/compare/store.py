@@ -138,10 +138,13 @@ class OutputFolder:
         rows = self.read_json(self.path / "results.json")
         if rows is None:
             return []
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        required = ("model", "config", "evaluation", "metric")
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and all(key in r for key in required) for r in rows
+        ):
             raise ValueError(
-                f"{str(self.path / 'results.json')!r} is not a list of rows; delete it to "
-                "evaluate the finished models again"
+                f"{str(self.path / 'results.json')!r} is not a list of result rows (each with "
+                f"{', '.join(required)}); delete it to evaluate the finished models again"
             )
         return rows
 
