@@ -229,7 +229,7 @@ class ConditionalElementwise(Transform):
         return outputs, sum_event(logabsdet)
 
     def map(self, inputs: Tensor, context: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
-        """[`run`][flowjoint.ConditionalElementwise.run] for the layers built on this map, through a module call when hooks are set.
+        """[`run`][flowjoint.ConditionalElementwise.run] through a module call when hooks are set.
 
         Layers call ``map`` instead of calling this module, skipping the argument checks
         they have made; when this module (or every module) has a hook, the forward
