@@ -73,6 +73,31 @@ def test_vae_tiny_run():
     report = vae.main(TINY)
     assert report["train step"]["raw"] == 1.0
     assert set(report["train step"]) == {"raw", "JointVAE", "JointVAE validate=False", "raw (A/A)"}
+    (iwae,) = [k for k in report if k.startswith("iwae") and not k.endswith("ms")]
+    assert set(report[iwae]) == {"raw", "JointVAE", "raw (A/A)"}
+
+
+def test_vae_check_catches_a_different_iwae(monkeypatch):
+    """The float64 check compares the bounds themselves: an IWAE off by log K fails it."""
+    import vae
+
+    original = vae.RawVAE.iwae
+    monkeypatch.setattr(vae.RawVAE, "iwae", lambda self, x, k: original(self, x, k) + 1e-6)
+    with pytest.raises(AssertionError, match="iwae"):
+        vae.check_same_bounds(vae.parse_args(TINY), print)
+
+
+@pytest.mark.parametrize("what", ["vae", "image"])
+def test_vae_memory_measurement_tiny(what):
+    import vae
+
+    args = vae.parse_args(
+        ["--threads", "1", "--memory-images", "4", "--iwae-samples", "3"]
+        + ["--image-iwae-samples", "2", "--image-chunk-size", "2"]
+    )
+    result = vae.measure_memory(what, args)
+    assert result["images"] == 4 and result["peak MiB"] >= result["before MiB"] > 0
+    assert result["seconds"] > 0
 
 
 def test_load_reading_and_rounds():
