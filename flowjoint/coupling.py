@@ -260,7 +260,7 @@ class Coupling(BlockTransform):
         outputs = torch.where(self.mask, outputs, inputs)
         if logabsdet is None:
             return outputs, inputs.new_zeros(inputs.shape[0])
-        return outputs, sum_event(logabsdet.masked_fill(~self.mask, 0.0))
+        return outputs, sum_event(torch.where(self.mask, logabsdet, 0.0))  # kept entries: 0
 
     def _map(self, inputs: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)
