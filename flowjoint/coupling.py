@@ -255,7 +255,8 @@ class Coupling(BlockTransform):
     ) -> tuple[Tensor, Tensor]:
         kept = inputs.masked_fill(self.mask, 0.0)  # (batch, C, H, W), transformed zeroed
         params = self.elementwise.params(self._condition(kept, context), inputs.shape[2:])
-        fn = self.elementwise.function.inverse if inverse else self.elementwise.function
+        function = self.elementwise.function
+        fn = function.inverse if inverse else function.forward
         outputs, logabsdet = fn(inputs, params)
         outputs = torch.where(self.mask, outputs, inputs)
         if logabsdet is None:

@@ -220,7 +220,8 @@ class ConditionalElementwise(Transform):
     def run(self, inputs: Tensor, context: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
         """``(outputs, logabsdet (batch,))``; context rows may divide the input rows."""
         params = self.conditioned_params(inputs, context)
-        fn = self.function.inverse if inverse else self.function
+        # forward and inverse alike are plain method calls (no module-call dispatch).
+        fn = self.function.inverse if inverse else self.function.forward
         outputs, logabsdet = fn(inputs, params)
         if logabsdet is None:
             return outputs, inputs.new_zeros(inputs.shape[0])
