@@ -180,6 +180,12 @@ def compare(
     return Comparison(results, loads, reruns, flagged)
 
 
+def paired_ratio(comparison: Comparison, name: str, reference: str) -> float:
+    """Median over rounds of ``name``'s time over ``reference``'s in the same round."""
+    a, b = comparison.results[name].times, comparison.results[reference].times
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     """A Markdown table."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]

@@ -1,258 +1,75 @@
-"""flowjoint against nflows, zuko, normflows and hand-written PyTorch on one Real NVP.
+"""flowjoint against nflows, zuko, normflows and hand-written PyTorch on Real NVP.
 
-Every library builds the same model: 8 affine couplings on alternating halves
-(the first coupling transforms the second half given the first, the next the
-first half given the second, ...), each conditioned by an MLP
-``d/2 -> H -> H -> 2 * d/2`` with ReLU, on a standard normal base. Parameter
-counts are printed and must agree. Each library keeps its own map from the
-conditioner's output to the scale (flowjoint and raw: ``log_scale =
-3 tanh(raw / 3)``; nflows: ``scale = sigmoid(raw + 2) + 1e-3``; zuko: a soft bound
-at slope 1e-3; normflows: ``exp``), so raw does exactly flowjoint's maths and the
-flowjoint/raw ratio measures library machinery alone.
+Two kinds of configuration, each the same model in every library (parameter counts
+are printed and must agree):
+
+* vectors (``peers_vector.py``): 8 affine couplings on alternating halves, MLP
+  conditioners ``d/2 -> H -> H -> 2 * d/2``, a standard normal base;
+* images (``peers_images.py``): Real NVP's multi-scale flow on 1x28x28, two scales
+  of checkerboard and channel couplings with residual conv conditioners.
+
+``raw`` is a hand-written PyTorch version doing exactly flowjoint's maths (the soft
+clamp ``log_scale = 3 tanh(raw / 3)``, computed as ``6 (sigmoid(2 raw / 3) - 1/2)``
+as flowjoint does), so the flowjoint/raw ratio measures library machinery alone. The
+peers keep their own map from the conditioner's output to the scale. ``flowjoint
+bound=None`` is the same flowjoint model without the soft clamp (``exp(raw)``): its
+distance from ``flowjoint`` is what the default clamp costs.
 
 Measured: a training step (``log_prob``, mean, backward, Adam step), ``log_prob``
 under ``no_grad`` and sampling under ``no_grad``; flowjoint also under
 ``torch.compile(fullgraph=True)``. A float64 check first confirms that every
-library's ``log_prob`` equals the change of variables with a dense Jacobian.
+library's ``log_prob`` equals the change of variables with a dense Jacobian, and
+that flowjoint and raw compute the same function with the same weights.
 
-Run ``python benchmarks/peers.py`` (about 6 minutes) or ``--quick`` (under a minute).
+Run ``python benchmarks/peers.py`` (about 10 minutes) or ``--quick``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from common_models import (  # noqa: E402
+    Model,
+    copy_weights,
+    dense_log_prob,
+    num_parameters,
+    randomize,
+)
+from peers_images import ImageConfig  # noqa: E402
+from peers_vector import NUM_LAYERS, Config, RawRealNVP  # noqa: E402, F401
 
-import flowjoint  # noqa: E402
-
-LOG_2PI = math.log(2 * math.pi)
-NUM_LAYERS = 8
 LIBRARIES = ("flowjoint", "nflows", "zuko", "normflows")
+UNCLAMPED = "flowjoint bound=None"
+COMPILED = "flowjoint compiled"
+
+FULL_CONFIGS = (
+    Config(2, 4096, 64),
+    Config(64, 512, 256),
+    Config(784, 128, 512),
+    ImageConfig((1, 28, 28), 64, 32, 1),
+)
+TINY_CONFIGS = (Config(4, 64, 8), ImageConfig((1, 8, 8), 4, 4, 1))
 
 
-@dataclass(frozen=True)
-class Config:
-    features: int
-    batch: int
-    hidden: int
-
-    @property
-    def label(self) -> str:
-        return f"D={self.features} B={self.batch} H={self.hidden}"
-
-
-FULL_CONFIGS = (Config(2, 4096, 64), Config(64, 512, 256), Config(784, 128, 512))
-TINY_CONFIGS = (Config(4, 64, 8),)
-
-
-def halves(features: int) -> list[Tensor]:
-    """flowjoint's alternating halves masks (True = transformed), shared by all builders."""
-    return flowjoint.alternating_masks(features, NUM_LAYERS, "halves")
-
-
-def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_features, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, out_features),
-    )
-
-
-# ---------------------------------------------------------------------------
-# The reference: hand-written Real NVP, no library machinery.
-# ---------------------------------------------------------------------------
-
-
-class RawRealNVP(nn.Module):
-    """Two halves carried as separate tensors; log-det a sum of log-scales."""
-
-    def __init__(self, features: int, hidden: int, bound: float = 3.0) -> None:
-        super().__init__()
-        self.features = features
-        self.h = features // 2
-        self.bound = bound
-        rest = features - self.h
-        # Layer 2k transforms the second half (rest features) given the first (h);
-        # layer 2k+1 the first half given the second.
-        self.nets = nn.ModuleList(
-            mlp(self.h, hidden, 2 * rest) if i % 2 == 0 else mlp(rest, hidden, 2 * self.h)
-            for i in range(NUM_LAYERS)
-        )
-
-    def halves_to_noise(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The two output halves, never concatenated, and the summed log-det."""
-        a, b = x[:, : self.h], x[:, self.h :]
-        logabsdet = None
-        for i, net in enumerate(self.nets):
-            shift, raw = net(a if i % 2 == 0 else b).chunk(2, dim=1)
-            log_scale = self.bound * torch.tanh(raw / self.bound)
-            if i % 2 == 0:
-                b = b * torch.exp(log_scale) + shift
-            else:
-                a = a * torch.exp(log_scale) + shift
-            ld = log_scale.sum(1)
-            logabsdet = ld if logabsdet is None else logabsdet + ld
-        return a, b, logabsdet
-
-    def to_noise(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a, b, logabsdet = self.halves_to_noise(x)
-        return torch.cat([a, b], dim=1), logabsdet
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        a, b, logabsdet = self.halves_to_noise(x)
-        sq = a.square().sum(1) + b.square().sum(1)
-        return logabsdet - 0.5 * sq - 0.5 * self.features * LOG_2PI
-
-    def sample(self, num_samples: int) -> Tensor:
-        w = self.nets[0][0].weight
-        z = torch.randn(num_samples, self.features, dtype=w.dtype, device=w.device)
-        a, b = z[:, : self.h], z[:, self.h :]
-        for i in reversed(range(NUM_LAYERS)):
-            shift, raw = self.nets[i](a if i % 2 == 0 else b).chunk(2, dim=1)
-            log_scale = self.bound * torch.tanh(raw / self.bound)
-            if i % 2 == 0:
-                b = (b - shift) * torch.exp(-log_scale)
-            else:
-                a = (a - shift) * torch.exp(-log_scale)
-        return torch.cat([a, b], dim=1)
-
-
-# ---------------------------------------------------------------------------
-# The same model in each library. Each returns (module, log_prob, sample, to_noise).
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class Model:
-    module: nn.Module
-    log_prob: Callable[[Tensor], Tensor]
-    sample: Callable[[int], Tensor]
-    to_noise: Callable[[Tensor], Tensor]  # data -> noise, for the Jacobian check
-
-
-def build_raw(cfg: Config) -> Model:
-    m = RawRealNVP(cfg.features, cfg.hidden)
-    return Model(m, m.log_prob, m.sample, lambda x: m.to_noise(x)[0])
-
-
-def build_flowjoint(cfg: Config) -> Model:
-    flow = flowjoint.realnvp(
-        cfg.features, num_layers=NUM_LAYERS, hidden_features=cfg.hidden, num_hidden_layers=2
-    )
-    return Model(flow, flow.log_prob, flow.sample, lambda x: flow.transform(x)[0])
-
-
-class _ContextMLP(nn.Sequential):
-    """nflows calls its conditioner as ``net(inputs, context)``."""
-
-    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        return super().forward(inputs)
-
-
-def build_nflows(cfg: Config) -> Model:
-    from nflows.distributions import StandardNormal
-    from nflows.flows import Flow
-    from nflows.transforms import AffineCouplingTransform, CompositeTransform
-
-    def net(n_in: int, n_out: int) -> nn.Module:
-        return _ContextMLP(*mlp(n_in, cfg.hidden, n_out))
-
-    layers = [AffineCouplingTransform(mask.int(), net) for mask in halves(cfg.features)]
-    flow = Flow(CompositeTransform(layers), StandardNormal([cfg.features]))
-    return Model(flow, flow.log_prob, flow.sample, lambda x: flow._transform(x)[0])
-
-
-def build_zuko(cfg: Config) -> Model:
-    import zuko
-    from zuko.flows.coupling import GeneralCouplingTransform
-
-    # zuko's mask marks the *constant* part (True = kept): the complement of ours.
-    layers = [
-        GeneralCouplingTransform(cfg.features, mask=~mask, hidden_features=(cfg.hidden, cfg.hidden))
-        for mask in halves(cfg.features)
-    ]
-    base = zuko.lazy.UnconditionalDistribution(
-        zuko.distributions.DiagNormal,
-        torch.zeros(cfg.features),
-        torch.ones(cfg.features),
-        buffer=True,
-    )
-    flow = zuko.lazy.Flow(layers, base)
-    return Model(
-        flow,
-        lambda x: flow().log_prob(x),
-        lambda n: flow().sample((n,)),
-        lambda x: flow().transform(x),
-    )
-
-
-def build_normflows(cfg: Config) -> Model:
-    import normflows as nf
-
-    # normflows' layers map noise -> data and log_prob runs them in reverse, so
-    # the data -> noise order of the other builders is the reversed list.
-    # split_mode "channel" conditions on the first half, "channel_inv" on the second.
-    blocks = []
-    h = cfg.features // 2
-    rest = cfg.features - h
-    for i in range(NUM_LAYERS):
-        if i % 2 == 0:
-            blocks.append(
-                nf.flows.AffineCouplingBlock(mlp(h, cfg.hidden, 2 * rest), split_mode="channel")
-            )
-        else:
-            blocks.append(
-                nf.flows.AffineCouplingBlock(mlp(rest, cfg.hidden, 2 * h), split_mode="channel_inv")
-            )
-    flow = nf.NormalizingFlow(
-        nf.distributions.DiagGaussian(cfg.features, trainable=False), blocks[::-1]
-    )
-
-    def to_noise(x: Tensor) -> Tensor:
-        for layer in reversed(flow.flows):
-            x, _ = layer.inverse(x)
-        return x
-
-    return Model(flow, flow.log_prob, lambda n: flow.sample(n)[0], to_noise)
-
-
-BUILDERS: dict[str, Callable[[Config], Model]] = {
-    "flowjoint": build_flowjoint,
-    "nflows": build_nflows,
-    "zuko": build_zuko,
-    "normflows": build_normflows,
-    "raw": build_raw,
-}
-
-
-def randomize(module: nn.Module, seed: int) -> None:
-    """The same weight distribution for every library (no layer starts as the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, nn.Linear):
-                std = 0.5 / math.sqrt(layer.in_features)
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * std)
-                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.05)
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def build(cfg: Config | ImageConfig, name: str) -> Model:
+    """``name``: a library, ``raw``, ``raw (A/A)`` or ``flowjoint bound=None``."""
+    builders = cfg.builders()
+    if name == UNCLAMPED:
+        return builders["flowjoint"](cfg, bound=None)
+    if name.startswith("raw"):
+        return builders["raw"](cfg)
+    return builders[name](cfg)
 
 
 # ---------------------------------------------------------------------------
@@ -260,54 +77,43 @@ def num_parameters(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------
 
 
-def dense_log_prob(to_noise: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """log N(f(x); 0, I) + log|det df/dx|, one dense Jacobian per point (torch.func)."""
-    out = []
-    for point in x:
-
-        def f(v: Tensor) -> Tensor:
-            return to_noise(v.unsqueeze(0)).squeeze(0)
-
-        try:
-            jac = torch.func.jacrev(f)(point)
-        except RuntimeError:  # in-place writes that vmap cannot batch (zuko's merge)
-            jac = torch.autograd.functional.jacobian(f, point)
-        z = f(point)
-        base = -0.5 * z.square().sum() - 0.5 * z.numel() * LOG_2PI
-        out.append(base + torch.linalg.slogdet(jac)[1])
-    return torch.stack(out)
-
-
-def check_correctness(cfg: Config, libraries: list[str], log: Callable[[str], None]) -> None:
+def check_correctness(
+    cfg: Config | ImageConfig, libraries: list[str], log: Callable[[str], None]
+) -> None:
     """Each library's log_prob against the dense change of variables; flowjoint == raw."""
     torch.manual_seed(0)
-    x = torch.randn(2, cfg.features, dtype=torch.float64)
-    models = {}
-    for name in libraries + ["raw"]:
-        model = BUILDERS[name](cfg)
+    small, x = cfg.check_inputs()
+    names = [n for n in libraries if n in cfg.libraries]
+    if "flowjoint" in names:
+        names.append(UNCLAMPED)
+    for name in [*names, "raw"]:
+        model = build(small, name)
         randomize(model.module, seed=1)
         model.module.double()
-        models[name] = model
         with torch.no_grad():
             got = model.log_prob(x)
         want = dense_log_prob(model.to_noise, x)
         err = (got - want).abs().max().item()
         if not err < 1e-8 * max(1.0, want.abs().max().item()):
-            raise AssertionError(f"{name} {cfg.label}: log_prob off the dense Jacobian by {err}")
-        log(f"  {name:<10} log_prob == dense change of variables (max error {err:.1e})")
-    if "flowjoint" in models:
-        # Same weights in flowjoint and raw: the two compute the same function.
-        fj, raw = models["flowjoint"].module, models["raw"].module
-        fj_linear = [m for m in fj.modules() if isinstance(m, nn.Linear)]
-        raw_linear = [m for m in raw.modules() if isinstance(m, nn.Linear)]
+            raise AssertionError(f"{name} {small.label}: log_prob off the dense Jacobian by {err}")
+        log(f"  {name:<21} log_prob == dense change of variables (max error {err:.1e})")
+    if "flowjoint" not in names:
+        return
+    # Same weights in flowjoint and raw (at the timed size): the same function.
+    x = cfg.data(torch.float64, batch=2)
+    for bound in (3.0, None):
+        fj = cfg.builders()["flowjoint"](cfg, bound=bound)
+        raw = cfg.builders()["raw"](cfg, bound=bound)
+        randomize(raw.module, seed=2)
+        copy_weights(raw.module, fj.module)
+        fj.module.double()
+        raw.module.double()
         with torch.no_grad():
-            for a, b in zip(fj_linear, raw_linear, strict=True):
-                a.weight.copy_(b.weight)
-                a.bias.copy_(b.bias)
-            err = (models["flowjoint"].log_prob(x) - raw.log_prob(x)).abs().max().item()
-        if not err < 1e-10:
+            want = raw.log_prob(x)
+            err = (fj.log_prob(x) - want).abs().max().item()
+        if not err < 1e-10 * max(1.0, want.abs().max().item()):
             raise AssertionError(f"flowjoint and raw disagree on {cfg.label} by {err}")
-        log(f"  flowjoint == raw with the same weights (max difference {err:.1e})")
+        log(f"  flowjoint == raw, log_scale_bound={bound} (max difference {err:.1e})")
 
 
 # ---------------------------------------------------------------------------
@@ -336,14 +142,14 @@ def make_ops(model: Model, x: Tensor, lr: float = 1e-4) -> dict[str, Callable[[]
     return {"train step": train, "log_prob": log_prob_no_grad, "sample": sample_no_grad}
 
 
-def compiled_flowjoint(cfg: Config) -> Model:
-    """flowjoint's Real NVP with log_prob and sample under torch.compile(fullgraph=True).
+def compiled_flowjoint(cfg: Config | ImageConfig) -> Model:
+    """flowjoint's model with log_prob and sample under torch.compile(fullgraph=True).
 
     Sampling is compiled with inductor's ``fallback_random`` option: inductor's own
     CPU generator of normal variates is ~18x slower than ATen's (4.2 ms against
     0.23 ms for 128 x 784 on the benchmark machine), which would otherwise dominate.
     """
-    model = build_flowjoint(cfg)
+    model = build(cfg, "flowjoint")
     flow = model.module
     lp = torch.compile(flow.log_prob, fullgraph=True)
     sm = torch.compile(flow.sample, fullgraph=True, options={"fallback_random": True})
@@ -353,12 +159,57 @@ def compiled_flowjoint(cfg: Config) -> Model:
 OPERATIONS = ("train step", "log_prob", "sample")
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    log = print
-    configs = TINY_CONFIGS if args.tiny else FULL_CONFIGS
-    libraries = [lib for lib in LIBRARIES if lib in args.libraries]
-    log(f"# flowjoint vs peers: Real NVP, {NUM_LAYERS} affine couplings, float32")
+def candidates(cfg: Config | ImageConfig, args: argparse.Namespace) -> dict[str, Model]:
+    libraries = [lib for lib in cfg.libraries if lib in args.libraries]
+    names = ["raw", *libraries]
+    if "flowjoint" in libraries:
+        names.insert(2, UNCLAMPED)
+    models = {name: build(cfg, name) for name in [*names, "raw (A/A)"]}
+    if args.compile and "flowjoint" in libraries:
+        models[COMPILED] = compiled_flowjoint(cfg)
+    return models
+
+
+def time_config(cfg: Config | ImageConfig, args: argparse.Namespace, log) -> dict:
+    """Every operation of every candidate on ``cfg``: ratios, times, loads."""
+    torch.manual_seed(0)
+    x = cfg.data()
+    models = candidates(cfg, args)
+    counts = {}
+    for name, model in models.items():
+        randomize(model.module, seed=1)
+        counts[name] = num_parameters(model.module)
+    log("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if len(set(counts.values())) != 1:
+        raise AssertionError(f"parameter counts differ: {counts}")
+    ops = {name: make_ops(model, x) for name, model in models.items()}
+    if COMPILED in models:
+        start = time.perf_counter()
+        for op in OPERATIONS:
+            for _ in range(2):
+                ops[COMPILED][op]()
+        log(f"torch.compile warm-up (3 graphs): {time.perf_counter() - start:.1f}s")
+    report: dict = {"parameters": counts["raw"], "ops": {}, "clamp cost": {}, "loads": []}
+    for op in OPERATIONS:
+        comparison = common.compare_with_args({n: ops[n][op] for n in models}, args, log)
+        report["loads"] += comparison.loads
+        report["reruns"] = report.get("reruns", 0) + comparison.reruns
+        report["flagged"] = report.get("flagged", 0) + comparison.flagged
+        log(common.comparison_table(comparison, op, "library"))
+        report["ops"][op] = {
+            name: {"ms": res.median_time * 1e3, "ratio": res.median_ratio}
+            for name, res in comparison.results.items()
+        }
+        if UNCLAMPED in models:
+            cost = common.paired_ratio(comparison, "flowjoint", UNCLAMPED)
+            report["clamp cost"][op] = cost
+            log(f"default soft clamp: flowjoint / {UNCLAMPED} = {cost:.3f} (median per round)")
+    return report
+
+
+def header(args: argparse.Namespace, log) -> None:
+    log(f"# flowjoint vs peers: Real NVP (vectors: {NUM_LAYERS} affine couplings; images: "
+        "multi-scale), float32")  # fmt: skip
     log(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, python {platform.python_version()}"
@@ -367,60 +218,37 @@ def run(args: argparse.Namespace) -> dict:
         f"rounds {args.rounds}, ~{args.target_seconds}s per block, {args.clock} clock, "
         f"rounds re-run above {args.max_load:.0%} load from other processes"
     )
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    log = print
+    configs = [c for c in (TINY_CONFIGS if args.tiny else FULL_CONFIGS) if c.label in args.only]
+    header(args, log)
     if not args.skip_check:
         log("\n## float64 correctness")
         for cfg in configs:
             log(f"{cfg.label}")
-            check_correctness(cfg, libraries, log)
-
+            check_correctness(cfg, list(args.libraries), log)
     report: dict = {"configs": {}}
-    all_loads: list[float] = []
-    reruns = flagged = 0
+    start = time.perf_counter()
     for cfg in configs:
         log(f"\n## {cfg.label}")
-        torch.manual_seed(0)
-        x = torch.randn(cfg.batch, cfg.features)
-        models: dict[str, Model] = {}
-        for name in ["raw", *libraries, "raw (A/A)"]:
-            models[name] = BUILDERS["raw" if name == "raw (A/A)" else name](cfg)
-        if args.compile and "flowjoint" in libraries:
-            models["flowjoint compiled"] = compiled_flowjoint(cfg)
-        counts = {}
-        for name, model in models.items():
-            randomize(model.module, seed=1)
-            counts[name] = num_parameters(model.module)
-        log("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-        if len(set(counts.values())) != 1:
-            raise AssertionError(f"parameter counts differ: {counts}")
-        ops = {name: make_ops(model, x) for name, model in models.items()}
-        if "flowjoint compiled" in models:
-            start = time.perf_counter()
-            for op in OPERATIONS:
-                for _ in range(2):
-                    ops["flowjoint compiled"][op]()
-            log(f"torch.compile warm-up (3 graphs): {time.perf_counter() - start:.1f}s")
-        report["configs"][cfg.label] = {"parameters": counts["raw"], "ops": {}}
-        for op in OPERATIONS:
-            comparison = common.compare_with_args(
-                {name: ops[name][op] for name in models}, args, log
-            )
-            all_loads += comparison.loads
-            reruns += comparison.reruns
-            flagged += comparison.flagged
-            log(common.comparison_table(comparison, op, "library"))
-            report["configs"][cfg.label]["ops"][op] = {
-                name: {"ms": res.median_time * 1e3, "ratio": res.median_ratio}
-                for name, res in comparison.results.items()
-            }
+        report["configs"][cfg.label] = time_config(cfg, args, log)
+    loads = [x for c in report["configs"].values() for x in c.pop("loads")]
+    reruns = sum(c.pop("reruns", 0) for c in report["configs"].values())
+    flagged = sum(c.pop("flagged", 0) for c in report["configs"].values())
     report["load"] = {
-        "median": statistics.median(all_loads),
-        "max": max(all_loads),
+        "median": statistics.median(loads),
+        "max": max(loads),
         "reruns": reruns,
         "flagged": flagged,
+        "seconds": time.perf_counter() - start,
     }
     log(
         f"\nother processes' load over kept rounds: median {report['load']['median']:.0%}, "
-        f"max {report['load']['max']:.0%}; {reruns} rounds re-run, {flagged} kept above the limit"
+        f"max {report['load']['max']:.0%}; {reruns} rounds re-run, {flagged} kept above the "
+        f"limit; timing took {report['load']['seconds']:.0f} s"
     )
     if report["load"]["median"] > args.max_load:
         log(
@@ -433,14 +261,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def summary_table(report: dict) -> str:
-    rows = []
     names: list[str] = []
+    for cfg_report in report["configs"].values():
+        for results in cfg_report["ops"].values():
+            names += [n for n in results if n != "raw" and n not in names]
+    rows = []
     for cfg_label, cfg_report in report["configs"].items():
         for op, results in cfg_report["ops"].items():
-            if not names:
-                names = [n for n in results if n != "raw"]
-            rows.append([cfg_label, op, *(f"{results[n]['ratio']:.3f}" for n in names)])
-    return common.format_table(rows, ["config", "operation", *names])
+            cells = [f"{results[n]['ratio']:.3f}" if n in results else "-" for n in names]
+            cost = cfg_report["clamp cost"].get(op)
+            rows.append([cfg_label, op, *cells, "-" if cost is None else f"{cost:.3f}"])
+    return common.format_table(rows, ["config", "operation", *names, "clamp cost"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -448,11 +279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--quick", action="store_true", help="5 rounds, short blocks, no compile (< 1 min)"
+        "--quick", action="store_true", help="5 rounds, short blocks, no compile (a few min)"
     )
-    p.add_argument(
-        "--tiny", action="store_true", help="one tiny model, seconds; for the test suite"
-    )
+    p.add_argument("--tiny", action="store_true", help="tiny models, seconds; for the test suite")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--target-seconds", type=float, default=0.1, help="length of one timed block")
     p.add_argument("--max-load", type=float, default=0.15, help="re-run rounds above this load")
@@ -472,7 +301,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not wait for a quiet machine before each operation",
     )
     p.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="run only the configurations with these labels (e.g. 'D=2 B=4096 H=64')",
+    )
     args = p.parse_args(argv)
+    configs = TINY_CONFIGS if args.tiny else FULL_CONFIGS
+    if args.only is None:
+        args.only = [c.label for c in configs]
+    unknown = set(args.only) - {c.label for c in configs}
+    if unknown:
+        labels = [c.label for c in configs]
+        p.error(f"unknown configuration(s) {sorted(unknown)}; choose from {labels}")
     if args.quick or args.tiny:
         args.rounds = min(args.rounds, 5 if args.quick else 3)
         args.target_seconds = min(args.target_seconds, 0.03 if args.quick else 0.005)

@@ -115,7 +115,7 @@ def check_inputs(
         )
     if isinstance(event_shape, int):
         event_shape = (event_shape,)
-    if event_shape is not None and tuple(inputs.shape[1:]) != tuple(event_shape):
+    if event_shape is not None and inputs.shape[1:] != tuple(event_shape):
         expected = ", ".join(str(s) for s in event_shape)
         raise ValueError(f"{name} must have shape (batch, {expected}), got {tuple(inputs.shape)}")
     if channels is not None and inputs.shape[1] != channels:

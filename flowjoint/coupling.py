@@ -255,12 +255,11 @@ class Coupling(BlockTransform):
     ) -> tuple[Tensor, Tensor]:
         kept = inputs.masked_fill(self.mask, 0.0)  # (batch, C, H, W), transformed zeroed
         params = self.elementwise.params(self._condition(kept, context), inputs.shape[2:])
-        fn = self.elementwise.function.inverse if inverse else self.elementwise.function
-        outputs, logabsdet = fn(inputs, params)
+        outputs, logabsdet = self.elementwise.function_call(inverse)(inputs, params)
         outputs = torch.where(self.mask, outputs, inputs)
         if logabsdet is None:
             return outputs, inputs.new_zeros(inputs.shape[0])
-        return outputs, sum_event(logabsdet.masked_fill(~self.mask, 0.0))
+        return outputs, sum_event(torch.where(self.mask, logabsdet, 0.0))  # kept entries: 0
 
     def _map(self, inputs: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         self._check(inputs, context)

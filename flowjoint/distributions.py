@@ -17,6 +17,7 @@ __all__ = [
     "LOG_2PI",
     "StandardNormal",
     "standard_normal_log_prob",
+    "standard_normal_nll",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
@@ -24,8 +25,15 @@ LOG_2PI = math.log(2 * math.pi)
 
 def standard_normal_log_prob(inputs: Tensor) -> Tensor:
     """``log N(inputs; 0, I)`` summed over the event: ``(batch, *event)`` -> ``(batch,)``."""
-    size = inputs[0].numel() if inputs.shape[0] else math.prod(inputs.shape[1:])
+    size = math.prod(inputs.shape[1:])
     return sum_event(inputs.square()).mul(-0.5) - 0.5 * size * LOG_2PI
+
+
+def standard_normal_nll(inputs: Tensor) -> Tensor:
+    """``-log N(inputs; 0, I)`` summed over the event, ``(batch,)``; one kernel fewer
+    than negating `standard_normal_log_prob`."""
+    size = math.prod(inputs.shape[1:])
+    return sum_event(inputs.square()).mul(0.5) + 0.5 * size * LOG_2PI
 
 
 class BaseDistribution(Distribution):

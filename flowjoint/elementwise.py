@@ -19,7 +19,7 @@ then the log-scale channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -222,11 +222,17 @@ class ConditionalElementwise(Transform):
     def run(self, inputs: Tensor, context: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
         """``(outputs, logabsdet (batch,))``; context rows may divide the input rows."""
         params = self.conditioned_params(inputs, context)
-        fn = self.function.inverse if inverse else self.function
-        outputs, logabsdet = fn(inputs, params)
+        outputs, logabsdet = self.function_call(inverse)(inputs, params)
         if logabsdet is None:
             return outputs, inputs.new_zeros(inputs.shape[0])
         return outputs, sum_event(logabsdet)
+
+    def function_call(self, inverse: bool) -> Callable[..., tuple[Tensor, Tensor | None]]:
+        """The map's direction as a plain method, or as a module call when it has hooks."""
+        function = self.function
+        if inverse:
+            return function.inverse
+        return function if has_hooks(function) else function.forward
 
     def map(self, inputs: Tensor, context: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
         """[`run`][flowjoint.ConditionalElementwise.run] through a module call when hooks are set.

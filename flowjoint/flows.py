@@ -154,10 +154,13 @@ class Flow(Distribution):
         if not self.stochastic:
             log_prob = self._log_prob(inputs, context)
             return log_prob.unsqueeze(1).expand(-1, num_samples)
+        return _per_item(self._draw_log_weights(inputs, context, num_samples), num_samples)
+
+    def _draw_log_weights(self, inputs: Tensor, context: Tensor | None, num_samples: int) -> Tensor:
+        """One pass of a stochastic stack: ``(batch * K,)``, ``K`` consecutive rows per item."""
         noise, total = self.transform(inputs, context=context, num_samples=num_samples)
         context = repeat_rows(context, total.shape[0])
-        log_weight = self.base.log_prob(noise, context=context) + total
-        return log_weight.view(inputs.shape[0], num_samples)
+        return self.base.log_prob(noise, context=context) + total
 
     def elbo(self, inputs: Tensor, context: Tensor | None = None, num_samples: int = 1) -> Tensor:
         """Monte Carlo ELBO ``mean_k log_weight_k`` ``(batch,)``; ``log_prob`` if bijective.
@@ -169,7 +172,10 @@ class Flow(Distribution):
         check_positive_int(num_samples, "num_samples")
         if not self.stochastic:
             return self._log_prob(inputs, context)
-        return self._log_weights(inputs, context, num_samples).mean(1)
+        log_weight = self._draw_log_weights(inputs, context, num_samples)  # (batch * K,)
+        if num_samples == 1:
+            return log_weight
+        return _per_item(log_weight, num_samples).mean(1)
 
     def iwae(
         self,
@@ -365,6 +371,11 @@ class Flow(Distribution):
         log_prob = self.base.log_prob(flat_noise, context=flat_context) - logabsdet
         shape = (batch, num_samples)
         return samples.unflatten(0, shape), log_prob.unflatten(0, shape)
+
+
+def _per_item(log_weight: Tensor, num_samples: int) -> Tensor:
+    """``(batch * K,)`` -> ``(batch, K)``."""
+    return log_weight.view(log_weight.shape[0] // num_samples, num_samples)
 
 
 def _chunks(total: int, size: int) -> list[int]:

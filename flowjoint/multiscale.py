@@ -55,6 +55,14 @@ def _output_shape(transform: Transform, shape: tuple[int, ...], index: int) -> t
     return tuple(outputs.shape[1:])
 
 
+def _batch_logabsdet(total: Tensor | float, inputs: Tensor) -> Tensor:
+    """The summed log-dets as ``(batch,)``, also when the scales returned numbers."""
+    batch = inputs.shape[0]
+    if isinstance(total, Tensor) and total.shape == (batch,):
+        return total
+    return inputs.new_zeros(batch) + total
+
+
 class Multiscale(SavedSettings, Transform):
     """One transform per scale; after each scale but the last, half of the channels leave.
 
@@ -171,33 +179,32 @@ class Multiscale(SavedSettings, Transform):
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(batch, C, H, W)`` -> ``(batch, C*H*W)``; logabsdet ``(batch,)``."""
         check_inputs(inputs, self.shape)
-        batch = inputs.shape[0]
         parts: list[Tensor] = []
-        total = inputs.new_zeros(batch)
+        total: Tensor | None = None
         hidden = inputs
         last = len(self.scales) - 1
         for i in range(len(self.scales)):
             hidden, logabsdet = self._run_scale(i, hidden, context, inverse=False)
-            total = total + logabsdet
+            total = logabsdet if total is None else total + logabsdet
             if i < last:
                 factored = self.factored_shapes[i][0]
                 hidden, out = hidden.split([hidden.shape[1] - factored, factored], dim=1)
                 parts.append(out.flatten(1))  # (batch, C_i // 2 * H_i * W_i)
             else:
                 parts.append(hidden.flatten(1))
-        return torch.cat(parts, dim=1), total  # (batch, C*H*W)
+        return torch.cat(parts, dim=1), _batch_logabsdet(total, inputs)  # (batch, C*H*W)
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(batch, C*H*W)`` -> ``(batch, C, H, W)``; logabsdet ``(batch,)`` of the inverse."""
         check_inputs(inputs, self.features)
         batch = inputs.shape[0]
         parts = inputs.split(self._sizes, dim=1)
-        total = inputs.new_zeros(batch)
+        total: Tensor | None = None
         hidden = parts[-1].reshape(batch, *self.factored_shapes[-1])
         for i in reversed(range(len(self.scales))):
             if i < len(self.scales) - 1:
                 out = parts[i].reshape(batch, *self.factored_shapes[i])
                 hidden = torch.cat([hidden, out], dim=1)  # (batch, C_i, H_i, W_i)
             hidden, logabsdet = self._run_scale(i, hidden, context, inverse=True)
-            total = total + logabsdet
-        return hidden, total
+            total = logabsdet if total is None else total + logabsdet
+        return hidden, _batch_logabsdet(total, inputs)

@@ -37,7 +37,7 @@ from flowjoint.checks import (
     check_positive_int,
     sum_event,
 )
-from flowjoint.distributions import standard_normal_log_prob
+from flowjoint.distributions import standard_normal_log_prob, standard_normal_nll
 from flowjoint.elementwise import ConditionalAffine
 from flowjoint.nets import MLP, ResidualConvNet
 from flowjoint.transforms import SavedSettings, StochasticTransform, repeat_rows
@@ -112,7 +112,7 @@ class Augment(SavedSettings, StochasticTransform):
         eps = torch.randn(
             inputs.shape[0] * num_samples, self.features, dtype=inputs.dtype, device=inputs.device
         )
-        return AugmentedState(inputs, eps), -standard_normal_log_prob(eps)
+        return AugmentedState(inputs, eps), standard_normal_nll(eps)
 
     def inverse(
         self, inputs: AugmentedState, context: Tensor | None = None

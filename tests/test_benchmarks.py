@@ -20,12 +20,18 @@ def test_peers_tiny_run(capsys):
     report = peers.main(TINY)
     out = capsys.readouterr().out
     assert "log_prob == dense change of variables" in out
-    (config,) = report["configs"].values()
-    assert set(config["ops"]) == {"train step", "log_prob", "sample"}
-    for results in config["ops"].values():
-        assert {"raw", "raw (A/A)", *peers.LIBRARIES} <= set(results)
-        assert results["raw"]["ratio"] == 1.0
-        assert all(r["ms"] > 0 for r in results.values())
+    assert "flowjoint == raw, log_scale_bound=None" in out
+    assert set(report["configs"]) == {c.label for c in peers.TINY_CONFIGS}
+    for cfg in peers.TINY_CONFIGS:
+        config = report["configs"][cfg.label]
+        assert set(config["ops"]) == {"train step", "log_prob", "sample"}
+        assert set(config["clamp cost"]) == set(config["ops"])
+        for results in config["ops"].values():
+            assert {"raw", "raw (A/A)", peers.UNCLAMPED, *cfg.libraries} <= set(results)
+            assert results["raw"]["ratio"] == 1.0
+            assert all(r["ms"] > 0 for r in results.values())
+    images = [c for c in peers.TINY_CONFIGS if isinstance(c, peers.ImageConfig)]
+    assert images and set(images[0].libraries) == {"flowjoint", "nflows", "normflows"}
 
 
 def test_peers_check_catches_a_wrong_log_det(monkeypatch):
@@ -36,12 +42,62 @@ def test_peers_check_catches_a_wrong_log_det(monkeypatch):
         peers.check_correctness(peers.TINY_CONFIGS[0], [], print)
 
 
+def test_peers_image_check_catches_a_wrong_log_det(monkeypatch):
+    import peers_images
+
+    original = peers_images.RawMultiscale.log_prob
+    monkeypatch.setattr(
+        peers_images.RawMultiscale, "log_prob", lambda self, x: original(self, x) * 1.001
+    )
+    with pytest.raises(AssertionError, match="raw"):
+        peers.check_correctness(peers.TINY_CONFIGS[1], [], print)
+
+
+def test_peers_image_check_catches_flowjoint_and_raw_apart(monkeypatch):
+    """With the same weights, flowjoint and raw must agree: a raw clamp of another
+    bound (a different function with the right Jacobian) is caught."""
+    import peers_images
+
+    original = peers_images.build_raw
+    monkeypatch.setattr(
+        peers_images, "build_raw", lambda cfg, bound=3.0: original(cfg, None if bound else 3.0)
+    )
+    monkeypatch.setitem(peers_images.BUILDERS, "raw", peers_images.build_raw)
+    with pytest.raises(AssertionError, match="disagree"):
+        peers.check_correctness(peers.TINY_CONFIGS[1], ["flowjoint"], print)
+
+
 def test_vae_tiny_run():
     import vae
 
     report = vae.main(TINY)
     assert report["train step"]["raw"] == 1.0
     assert set(report["train step"]) == {"raw", "JointVAE", "JointVAE validate=False", "raw (A/A)"}
+    (iwae,) = [k for k in report if k.startswith("iwae") and not k.endswith("ms")]
+    assert set(report[iwae]) == {"raw", "JointVAE", "raw (A/A)"}
+
+
+def test_vae_check_catches_a_different_iwae(monkeypatch):
+    """The float64 check compares the bounds themselves: an IWAE off by log K fails it."""
+    import vae
+
+    original = vae.RawVAE.iwae
+    monkeypatch.setattr(vae.RawVAE, "iwae", lambda self, x, k: original(self, x, k) + 1e-6)
+    with pytest.raises(AssertionError, match="iwae"):
+        vae.check_same_bounds(vae.parse_args(TINY), print)
+
+
+@pytest.mark.parametrize("what", ["vae", "image"])
+def test_vae_memory_measurement_tiny(what):
+    import vae
+
+    args = vae.parse_args(
+        ["--threads", "1", "--memory-images", "4", "--iwae-samples", "3"]
+        + ["--image-iwae-samples", "2", "--image-chunk-size", "2"]
+    )
+    result = vae.measure_memory(what, args)
+    assert result["images"] == 4 and result["peak MiB"] >= result["before MiB"] > 0
+    assert result["seconds"] > 0
 
 
 def test_load_reading_and_rounds():

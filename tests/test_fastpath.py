@@ -127,6 +127,29 @@ def test_every_kind_of_hook_fires_inside_a_chain(kind):
     assert any(module is coupling for module in seen)
 
 
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: fj.realnvp(4, num_layers=3, hidden_features=8).transform[1],
+        lambda: next(
+            m
+            for m in fj.multiscale_realnvp((1, 4, 4), num_scales=1, hidden_channels=4).modules()
+            if isinstance(m, fj.Coupling) and m.mask.dim() > 1
+        ),
+    ],
+    ids=["vector", "checkerboard"],
+)
+def test_a_hook_on_the_elementwise_map_fires(factory):
+    """Couplings call their map as a plain method, except when the map carries a hook."""
+    coupling = factory()
+    assert isinstance(coupling, fj.Coupling)
+    seen = []
+    coupling.elementwise.function.register_forward_hook(lambda m, args, out: seen.append(m))
+    shape = (3, *coupling.mask.shape) if coupling.mask.dim() > 1 else (3, coupling.features)
+    coupling(torch.randn(shape))
+    assert seen == [coupling.elementwise.function]
+
+
 def test_overridden_forward_disables_the_chain():
     class Doubled(fj.AffineCoupling):
         def forward(self, inputs, context=None):
