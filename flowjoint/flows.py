@@ -102,6 +102,7 @@ class Flow(Distribution):
         self._check_dtype(inputs)
         if context is not None:
             check_inputs(context, None, "context")
+            self._check_dtype(context, "context")
             if context.shape[0] != inputs.shape[0]:
                 raise ValueError(
                     f"context must have the batch size of the inputs ({inputs.shape[0]}), "
@@ -303,14 +304,15 @@ class Flow(Distribution):
             )
         if context is not None:
             check_inputs(context, None, "context")
+            self._check_dtype(context, "context")
 
-    def _check_dtype(self, inputs: Tensor) -> None:
-        """Floating inputs of another dtype than the model's weights: a clear TypeError."""
+    def _check_dtype(self, inputs: Tensor, name: str = "inputs") -> None:
+        """Inputs of another dtype than the model's weights: a clear TypeError."""
         dtype = self._dtype()
         if dtype is not None and inputs.dtype != dtype:
             raise TypeError(
-                f"inputs have dtype {inputs.dtype}, but the model computes in {dtype}: "
-                f"convert one of them (inputs.to({dtype}) or model.to({inputs.dtype}))"
+                f"{name} have dtype {inputs.dtype}, but the model computes in {dtype}: "
+                f"convert one of them ({name}.to({dtype}) or model.to({inputs.dtype}))"
             )
 
     def _dtype(self) -> torch.dtype | None:

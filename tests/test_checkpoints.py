@@ -524,3 +524,23 @@ def test_process_killed_mid_write_never_replaces_a_good_checkpoint(tmp_path):
     # The half-written temporary file is a hidden sibling, never the checkpoint itself.
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
     assert all(name.startswith(".last.pt.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_resuming_a_run_that_stopped_early_trains_nothing(tmp_path):
+    torch.manual_seed(0)
+    train, val = torch.randn(200, 2), torch.randn(50, 2) * 3
+    options = dict(epochs=30, batch_size=100, patience=1, lr=5e-2, progress=False)
+    first = fit(fj.realnvp(2, 2, 8), train, val, checkpoint_dir=tmp_path, **options)
+    assert first.stop_reason == "early_stopping" and len(first.history) < 30
+    saved = (tmp_path / "last.pt").read_bytes()
+    resumed = fit(
+        fj.realnvp(2, 2, 8),
+        train,
+        val,
+        checkpoint_dir=tmp_path,
+        resume=tmp_path / "last.pt",
+        **options,
+    )
+    assert resumed.stop_reason == "early_stopping"
+    assert len(resumed.history) == len(first.history)
+    assert (tmp_path / "last.pt").read_bytes() == saved  # nothing trained, nothing rewritten

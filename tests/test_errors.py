@@ -257,3 +257,53 @@ def test_bad_input_is_named(case):
 def test_mask_builders_name_their_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: fj.realnvp(4, 2, 8).log_prob(torch.randn(3, 4, dtype=torch.float64)),
+        lambda: fj.realnvp(4, 2, 8).double().log_prob(torch.randn(3, 4)),
+        lambda: fj.JointVAE(4, 2, 8, likelihood="gaussian").elbo(torch.randn(3, 4).double()),
+        lambda: fj.multiscale_realnvp((1, 4, 4), 1, 1, 4, levels=4).elbo(
+            torch.randint(0, 4, (2, 1, 4, 4)).double()
+        ),
+        lambda: fj.realnvp(4, 2, 8, context_features=2).sample(
+            3, context=torch.randn(2, 2, dtype=torch.float64)
+        ),
+    ],
+    ids=["float64_into_float32", "float32_into_float64", "vae", "multiscale", "context"],
+)
+def test_inputs_of_another_dtype_than_the_model_name_both(call):
+    with pytest.raises(TypeError, match=r"dtype torch\.float(64|32), but the model computes in"):
+        call()
+
+
+@pytest.mark.parametrize("temperature", [1e39, 1e300, float("inf"), float("nan")])
+def test_a_temperature_beyond_the_models_dtype_is_refused(temperature):
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        fj.realnvp(2, 2, 8).sample(3, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        fj.JointVAE(4, 2, 8, likelihood="gaussian").sample(2, temperature=temperature)
+    samples = fj.realnvp(2, 2, 8).double().sample(3, temperature=1e39)  # finite in float64
+    assert samples.isfinite().all()
+
+
+def test_levels_beyond_the_exact_integers_of_the_dtype_are_refused():
+    layer = fj.UniformDequantization(2**25)
+    with pytest.raises(ValueError, match="levels=33554432 is too many for torch.float32"):
+        layer(torch.tensor([[3.0, 12345678.0]]))
+    outputs, _ = layer(torch.tensor([[3.0, 12345678.0]], dtype=torch.float64))
+    assert (outputs.frac() > 0).all()  # the noise survives in float64
+
+
+@pytest.mark.parametrize("bound", [1e-7, 1e-39, 1e-300, 0.0, -1.0, float("inf"), float("nan")])
+def test_a_log_scale_bound_that_cannot_be_computed_is_refused(bound):
+    with pytest.raises(ValueError, match="log_scale_bound must be"):
+        fj.AffineCoupling(MASK, 8, log_scale_bound=bound)
+
+
+def test_the_smallest_log_scale_bound_gives_an_identity_fresh_layer():
+    layer = fj.AffineCoupling(MASK, 8, log_scale_bound=1e-6)
+    outputs, logabsdet = layer(torch.randn(3, 3))
+    assert logabsdet.isfinite().all() and outputs.isfinite().all()

@@ -102,3 +102,59 @@ def test_resuming_into_a_model_built_with_other_masks_trains_the_saved_model(tmp
     fit(same, x, epochs=2, batch_size=32, resume=tmp_path / "last.pt", progress=False)
     assert torch.equal(other.transform[0].mask, same.transform[0].mask)
     torch.testing.assert_close(other.log_prob(x), same.log_prob(x), rtol=0, atol=0)
+
+
+# Layers whose computation depends on settings that are not tensors: a state saved with
+# other settings is refused on load (naming the setting) instead of computing with this
+# layer's settings on the other layer's weights.
+SETTINGS = {
+    "affine_bound": (
+        lambda: fj.AffineCoupling(torch.tensor([True, False]), 4, log_scale_bound=3.0),
+        lambda: fj.AffineCoupling(torch.tensor([True, False]), 4, log_scale_bound=5.0),
+        "log_scale_bound",
+    ),
+    "affine_unbounded": (
+        lambda: fj.AffineCoupling(torch.tensor([True, False]), 4, log_scale_bound=None),
+        lambda: fj.AffineCoupling(torch.tensor([True, False]), 4),
+        "log_scale_bound",
+    ),
+    "spline_bins": (
+        lambda: fj.SplineCoupling(torch.tensor([True, False]), 4, num_bins=4),
+        lambda: fj.SplineCoupling(torch.tensor([True, False]), 4, num_bins=4, tail_bound=5.0),
+        "tail_bound",
+    ),
+    "scale": (lambda: fj.Scale(divisor=255.0), lambda: fj.Scale(divisor=256.0), "divisor"),
+    "logit": (lambda: fj.Logit(alpha=0.01), lambda: fj.Logit(alpha=1e-6), "alpha"),
+    "augment": (lambda: fj.Augment(3), lambda: fj.Augment(4), "features"),
+    "dequantization": (
+        lambda: fj.UniformDequantization(256),
+        lambda: fj.UniformDequantization(2),
+        "levels",
+    ),
+    "batchnorm": (lambda: fj.BatchNorm(2), lambda: fj.BatchNorm(2, momentum=0.5), "momentum"),
+    "squeeze": (lambda: fj.Squeeze(2), lambda: fj.Squeeze(4), "factor"),
+    "reverse": (lambda: fj.ReversePermutation(4), lambda: fj.ReversePermutation(5), "features"),
+    "multiscale": (
+        lambda: fj.multiscale_realnvp((1, 8, 8), num_scales=2, hidden_channels=4),
+        lambda: fj.multiscale_realnvp((1, 8, 8), num_scales=3, hidden_channels=4),
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_a_state_saved_with_other_settings_is_refused(name):
+    build_saved, build_other, setting = SETTINGS[name]
+    state = build_saved().state_dict()
+    with pytest.raises((ValueError, RuntimeError), match=f"saved with.*{setting}|size mismatch"):
+        build_other().load_state_dict(state)
+    build_saved().load_state_dict(state)  # the same settings load
+
+
+def test_saved_settings_survive_torch_save_with_weights_only(tmp_path):
+    flow = fj.realnvp(4, num_layers=2, hidden_features=8, log_scale_bound=2.0)
+    torch.save(flow.state_dict(), tmp_path / "flow.pt")
+    state = torch.load(tmp_path / "flow.pt", weights_only=True)
+    fj.realnvp(4, num_layers=2, hidden_features=8, log_scale_bound=2.0).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"log_scale_bound.*2\.0.*3\.0"):
+        fj.realnvp(4, num_layers=2, hidden_features=8).load_state_dict(state)

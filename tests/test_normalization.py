@@ -48,3 +48,22 @@ def test_batchnorm_train_uses_batch_statistics_eval_uses_running():
     torch.testing.assert_close(y_eval, y)
     with pytest.raises(RuntimeError, match="eval"):
         layer.train().inverse(y)
+
+
+def test_functional_call_uses_the_supplied_initialised_state():
+    """torch.func supplies buffers without load_state_dict: the supplied flag is read."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    trained = fj.ActNorm(2)
+    trained(torch.randn(100, 2) * 5 + 3)  # initialised on its first batch
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    before = {k: v.clone() for k, v in state.items()}
+    fresh = fj.ActNorm(2)
+    x = torch.randn(4, 2)
+    outputs = functional_call(fresh, state, (x,))[0]
+    torch.testing.assert_close(outputs, trained(x)[0], rtol=0, atol=0)
+    assert all(torch.equal(state[k], before[k]) for k in state)  # the caller's tensors
+    assert not bool(fresh.initialized)
+    fresh(torch.randn(100, 2) * 5 + 3)  # its own first batch still initialises it
+    assert bool(fresh.initialized) and fresh.log_scale.abs().sum() > 0
