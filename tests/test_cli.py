@@ -419,3 +419,82 @@ def test_package_names_resolve_on_first_use():
     assert typed == flowjoint._MODULE_OF
     with pytest.raises(AttributeError, match="no attribute 'Flows'"):
         flowjoint.Flows  # noqa: B018
+
+
+# -- refusals at parse time and before training -------------------------------------------
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "0"])
+def test_a_non_finite_or_zero_lr_is_refused_before_out_is_written(lr, tmp_path, capsys):
+    # --lr inf used to pass the parser, fail inside fit and leave a settings.json in --out
+    # that refused the same command without --lr
+    out = tmp_path / "out"
+    argv = ["compare", "--quick", "--models", "realnvp", "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--lr", lr])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowjoint: error: argument --lr: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["--seed", "-5"], "--seed"),
+        (["--dataset", "points.npy", "--split-seed", "-1"], "--split-seed"),
+    ],
+)
+def test_negative_seeds_are_refused_naming_the_option(argv, option, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--quick", "--no-progress", "--out", str(out), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"flowjoint: error: argument {option}: ")
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_threads_beyond_the_cpu_count_are_refused(capsys):
+    # parse only: the parser used to hand any positive count to torch.set_num_threads
+    from flowjoint.cli import build_parser
+
+    cpus = os.cpu_count() or 1
+    assert build_parser().parse_args(["compare", "--threads", str(cpus)]).threads == cpus
+    for threads in (cpus + 1, 100000):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["compare", "--threads", str(threads)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("flowjoint: error: argument --threads: ") and str(threads) in err
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[{}], [{"config": {}, "evaluation": {}, "metric": "exact", "nll_nats": 1.0}]],
+    ids=["empty row", "row without model"],
+)
+def test_results_json_that_are_not_rows_exit_1_with_one_line(rows, tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    argv = ["compare", "--quick", "--models", "realnvp", "--no-progress", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flowjoint: error: ") and "results.json" in err
+    assert "delete it" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "models").exists()  # nothing trained
+
+
+def test_a_model_that_cannot_take_the_images_exits_1_before_any_training(tmp_path, capsys):
+    # msrealnvp (3 scales) needs H and W divisible by 4; nice, before it, used to train first
+    images = np.random.default_rng(0).integers(0, 4, size=(120, 1, 6, 6))
+    np.save(tmp_path / "img.npy", images)
+    out = tmp_path / "out"
+    argv = ["compare", "--dataset", str(tmp_path / "img.npy"), "--levels", "4", "--quick"]
+    argv += ["--models", "nice", "msrealnvp", "--epochs", "1", "--no-progress", "--threads", "1"]
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("flowjoint: error: ") and "cannot be halved" in err
+    assert len(err.strip().splitlines()) == 1 and "training" not in err
+    assert not (out / "models").exists()  # no checkpoints of nice

@@ -349,3 +349,69 @@ def test_image_grid_separates_tiles_with_gaps():
     assert grid.shape == (2 * 4 - 1, 2 * 3 - 1, 1)
     assert torch.isnan(grid[3]).all() and torch.isnan(grid[:, 2]).all()
     assert torch.equal(grid[4:7, 3:5, 0], images[3, 0])
+
+
+# -- re-runs and refusals of compare ---------------------------------------------------
+
+
+def test_a_finished_image_model_is_skipped_on_a_re_run(tmp_path, one_thread):
+    # image models score in passes of image_chunk_size; their rows must still record the
+    # settings asked for, or every re-run finds them "other" and scores the model again
+    from dataclasses import asdict
+
+    evaluation = {"num_draws": 1, "discrete_samples": 2, "iwae_samples": (1,)}
+    logs = []
+    kwargs = dict(
+        models=["msrealnvp"],
+        out=tmp_path,
+        quick=True,
+        progress=False,
+        overrides={"epochs": 1},
+        evaluation=evaluation,
+        log=logs.append,
+    )
+    first = compare("digits", **kwargs)
+    logs.clear()
+    again = compare("digits", **kwargs)
+    assert again.skipped == ["msrealnvp"]
+    assert not any("evaluating" in line or "scoring it again" in line for line in logs), logs
+    settings = replace(default_evaluation("digits", quick=True), **evaluation)
+    asked = json.loads(json.dumps(asdict(settings)))  # chunk_size, not image_chunk_size
+    assert all(row["evaluation"] == asked for row in again.rows)
+    assert again.rows == json.loads(json.dumps(first.rows))  # kept as they were
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[{}], [{"config": {}, "evaluation": {}, "metric": "exact", "nll_nats": 1.0}]],
+    ids=["empty row", "row without model"],
+)
+def test_results_json_that_are_not_rows_are_refused(tmp_path, rows):
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"results\.json' is not a list of result rows"):
+        compare("digits", ["nice"], out=tmp_path, quick=True, progress=False, log=None)
+    assert not (tmp_path / "models").exists()  # refused before any training
+
+
+def test_a_model_that_cannot_take_the_images_is_refused_before_any_training(tmp_path):
+    # msrealnvp's 3 scales halve H and W twice: 6 x 6 images cannot be; nice comes first
+    import numpy as np
+
+    from flowjoint.compare.datasets import SplitOptions
+
+    images = np.random.default_rng(0).integers(0, 4, size=(120, 1, 6, 6))
+    np.save(tmp_path / "img.npy", images)
+    logs = []
+    with pytest.raises(ValueError, match="cannot be halved"):
+        compare(
+            str(tmp_path / "img.npy"),
+            ["nice", "msrealnvp"],
+            out=tmp_path / "out",
+            quick=True,
+            overrides={"epochs": 1},
+            split=SplitOptions(levels=4),
+            progress=False,
+            log=logs.append,
+        )
+    assert not any("training" in line for line in logs), logs
+    assert not (tmp_path / "out" / "models").exists()
