@@ -117,7 +117,10 @@ class AffineMap(SavedSettings, ElementwiseMap):
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self.shift_and_log_scale(params)
-        return (inputs - shift) * torch.exp(-log_scale), -log_scale
+        # The clamp's result is a fresh tensor: negate it in place (unbounded, it is a
+        # view of the conditioner's output and is negated out of place).
+        neg = log_scale.neg() if self.log_scale_bound is None else log_scale.neg_()
+        return (inputs - shift) * neg.exp(), neg
 
 
 class AdditiveMap(ElementwiseMap):
