@@ -24,7 +24,8 @@ def report(title: str, events, calls: int) -> None:
     ops = sum(e.count for e in events if e.key.startswith("aten::")) / calls
     print(f"== {title}: self CPU {total:.3f} ms per call, {ops:.0f} ATen operations per call")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
-        print(f"   {e.key:32s} {e.count / calls:7.1f} calls {e.self_cpu_time_total / calls / 1000:8.3f} ms")
+        per_call = e.self_cpu_time_total / calls / 1000
+        print(f"   {e.key:32s} {e.count / calls:7.1f} calls {per_call:8.3f} ms")
 
 
 def main() -> None:
