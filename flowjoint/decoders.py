@@ -79,9 +79,10 @@ class BernoulliDecoder(nn.Module):
             return -sum_event(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
         # K rows of z per row of x: broadcast x instead of copying it K times.
         grouped = logits.view(x.shape[0], -1, *self.data_shape)  # (rows_x, K, *shape)
-        # x * logits - softplus(logits), in the softplus's buffer: one (rows, *shape)
-        # temporary instead of three (autograd saves the logits, not the softplus).
-        log_p = F.softplus(grouped).neg_().addcmul_(grouped, x.unsqueeze(1))
+        # x * logits - softplus(logits): two (rows, *shape) temporaries instead of three
+        # (the softplus's own output is negated in place; x is written out of place, so
+        # that a batched x under vmap and dtype promotion work).
+        log_p = torch.addcmul(F.softplus(grouped).neg_(), grouped, x.unsqueeze(1))
         return sum_event(log_p.flatten(0, 1))
 
     def distribution(self, z: Tensor) -> Independent:

@@ -107,6 +107,12 @@ class AffineMap(SavedSettings, ElementwiseMap):
     def settings(self) -> dict[str, object]:
         return {"log_scale_bound": self.log_scale_bound}
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._own_log_scale = cls.shift_and_log_scale is AffineMap.shift_and_log_scale
+
+    _own_log_scale = True  # shift_and_log_scale is this class's (a fresh log-scale)
+
     def shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, raw = params.chunk(2, dim=1)  # (batch, n, *rest) each
         return shift, soft_clamp(raw, self.log_scale_bound)
@@ -117,9 +123,10 @@ class AffineMap(SavedSettings, ElementwiseMap):
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self.shift_and_log_scale(params)
-        # The clamp's result is a fresh tensor: negate it in place (unbounded, it is a
-        # view of the conditioner's output and is negated out of place).
-        neg = log_scale.neg() if self.log_scale_bound is None else log_scale.neg_()
+        # This class's clamp returns a fresh tensor: negate it in place. Unbounded, it is
+        # a view of the conditioner's output, and a subclass's may be held elsewhere.
+        fresh = self.log_scale_bound is not None and type(self)._own_log_scale
+        neg = log_scale.neg_() if fresh else log_scale.neg()
         return (inputs - shift) * neg.exp(), neg
 
 

@@ -97,7 +97,11 @@ class ActNorm(Transform):
 
     @staticmethod
     def _forget_initialized(module: ActNorm, incompatible_keys: object) -> None:
-        module._known_initialized = None
+        # Loading is eager: read the loaded flag now, so that a later forward (traced by
+        # torch.compile, say) need not.
+        buffer = module.initialized
+        known = not buffer.is_meta and bool(buffer)
+        module._known_initialized = buffer if known else None
 
     def _needs_initialization(self) -> bool:
         buffer = self.initialized
@@ -105,6 +109,10 @@ class ActNorm(Transform):
             return False
         if buffer.is_meta:  # no value to read: initialise, which reads none either
             return True
+        if torch.compiler.is_compiling() or _is_functorch_wrapped(buffer):
+            # Under torch.compile or vmap the value cannot steer Python: trust what this
+            # module knows of its own buffer.
+            return self._known_initialized is None
         if bool(buffer):
             self._known_initialized = buffer
             return False
@@ -234,3 +242,9 @@ class BatchNorm(SavedSettings, Transform):
         outputs = outputs + _view(self.running_mean, inputs)
         logabsdet = -log_scale.sum() * _positions(inputs)
         return outputs, logabsdet.expand(inputs.shape[0])
+
+
+def _is_functorch_wrapped(tensor: Tensor) -> bool:
+    """True for a tensor that torch.func (vmap, grad) wraps: its value is not readable."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(tensor)) if check is not None else False

@@ -118,7 +118,7 @@ class _Run:
         self.fingerprint = fingerprint(model, key, *data) if with_fingerprint else {}
 
     def snapshot(self) -> dict[str, Tensor]:
-        # Tensors are copied; a layer's saved settings (extra state) are plain values.
+        # Tensors are copied; other entries (a module's extra state) are deep-copied.
         return {
             k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
             for k, v in self.model.state_dict().items()

@@ -32,6 +32,7 @@ second value it returns is NaN.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import torch
@@ -53,33 +54,60 @@ __all__ = [
 ]
 
 
+#: The state_dict key (after a layer's prefix) of its saved settings.
+SETTINGS_KEY = "saved_settings"
+
+
 class SavedSettings:
     """A layer whose computation depends on settings that are not tensors.
 
-    ``settings()`` returns them (numbers, strings, lists); they travel in the
-    ``state_dict`` as the module's extra state, and loading a state saved with other
-    settings raises ``ValueError`` naming them, instead of computing with this
-    layer's settings on the other layer's weights.
+    ``settings()`` returns them (numbers, strings, lists). They travel in the
+    ``state_dict`` as a tensor under the key ``<prefix>saved_settings`` (the settings as
+    UTF-8 JSON, ``uint8``), so every entry of a state stays a tensor; loading a state
+    saved with other settings raises ``ValueError`` naming them, instead of computing
+    with this layer's settings on the other layer's weights. A state without the key
+    (saved before layers recorded their settings) loads as before. As with torch's own
+    errors during loading, the layers visited before the refused one have already
+    copied their tensors: build the model with the saved settings and load again.
     """
 
     def settings(self) -> dict[str, object]:
         raise NotImplementedError
 
-    def get_extra_state(self) -> dict[str, object]:
-        return {"settings": self.settings()}
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        text = json.dumps(self.settings(), sort_keys=True).encode()
+        destination[prefix + SETTINGS_KEY] = torch.tensor(list(text), dtype=torch.uint8)
 
-    def set_extra_state(self, state: object) -> None:
-        saved = state.get("settings") if isinstance(state, dict) else None
-        current = self.settings()
-        if saved != current:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        key = prefix + SETTINGS_KEY
+        saved = state_dict.pop(key, None)
+        try:
+            if saved is not None:
+                self._check_settings(saved)
+            super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        finally:
+            if saved is not None:
+                state_dict[key] = saved
+
+    def _check_settings(self, saved: object) -> None:
+        current = json.loads(json.dumps(self.settings(), sort_keys=True))
+        try:
+            stored = json.loads(bytes(saved.tolist()).decode())  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError, UnicodeDecodeError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise ValueError(
+                f"cannot load a {type(self).__name__}: its saved settings are unreadable "
+                f"({type(saved).__name__}); save the state again with this version"
+            )
+        if stored != current:
             differ = sorted(
-                key
-                for key in set(current) | set(saved or {})
-                if (saved or {}).get(key) != current.get(key)
+                k for k in set(current) | set(stored) if stored.get(k) != current.get(k)
             )
             raise ValueError(
                 f"cannot load a {type(self).__name__} saved with "
-                f"{ {k: (saved or {}).get(k) for k in differ} } into one with "
+                f"{ {k: stored.get(k) for k in differ} } into one with "
                 f"{ {k: current.get(k) for k in differ} }: build the layer with the saved settings"
             )
 

@@ -54,3 +54,19 @@ def test_affine_and_additive_maps_invert_and_report_their_log_derivative():
     y, logabsdet = AdditiveMap()(x, params[:, :3])
     torch.testing.assert_close(y, x + params[:, :3])
     assert logabsdet is None
+
+
+def test_the_inverse_does_not_negate_a_subclass_log_scale_in_place():
+    seen = []
+
+    class Recording(fj.AffineMap):
+        def shift_and_log_scale(self, params):
+            shift, log_scale = super().shift_and_log_scale(params)
+            seen.append(log_scale)
+            return shift, log_scale
+
+    layer = Recording(3.0)
+    params = torch.randn(4, 4)
+    _, logabsdet = layer.inverse(torch.randn(4, 2), params)
+    torch.testing.assert_close(seen[0], -logabsdet)
+    assert not Recording._own_log_scale and fj.AffineMap._own_log_scale

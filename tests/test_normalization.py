@@ -67,3 +67,26 @@ def test_functional_call_uses_the_supplied_initialised_state():
     assert not bool(fresh.initialized)
     fresh(torch.randn(100, 2) * 5 + 3)  # its own first batch still initialises it
     assert bool(fresh.initialized) and fresh.log_scale.abs().sum() > 0
+
+
+def test_vmap_over_an_ensemble_and_compile_after_loading_in_training_mode():
+    """Neither may branch on the flag's value: the module's own knowledge is used."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    layers = [fj.ActNorm(4) for _ in range(3)]
+    for layer in layers:
+        layer(torch.randn(50, 4) * 3 + 1)
+    params, buffers = stack_module_state(layers)
+    x = torch.randn(16, 4)
+
+    def run(p, b):
+        return functional_call(layers[0], (p, b), (x,))[0]
+
+    outputs = vmap(run)(params, buffers)
+    for i, layer in enumerate(layers):
+        torch.testing.assert_close(outputs[i], layer(x)[0])
+    loaded = fj.ActNorm(4)
+    loaded.load_state_dict(layers[1].state_dict())
+    compiled = torch.compile(loaded, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x)[0], layers[1](x)[0])

@@ -580,3 +580,20 @@ def test_compiles_fullgraph(likelihood):
     assert torch.compile(vae.elbo, fullgraph=True)(x).isfinite().all()
     iwae = torch.compile(lambda x: vae.iwae(x, 10, chunk_size=32), fullgraph=True)
     assert iwae(x).shape == (8,)
+
+
+def test_bernoulli_log_likelihood_of_k_draws_under_vmap_and_promotion():
+    from torch.func import vmap
+
+    torch.manual_seed(0)
+    from flowjoint import BernoulliDecoder
+
+    decoder = BernoulliDecoder(torch.nn.Linear(3, 5), 5)
+    z = torch.randn(6, 3)  # K = 3 draws for each of 2 rows of x
+    xs = torch.bernoulli(torch.full((4, 2, 5), 0.5))
+    batched = vmap(lambda x: decoder.log_prob(x, z))(xs)
+    looped = torch.stack([decoder.log_prob(x, z) for x in xs])
+    torch.testing.assert_close(batched, looped)
+    logits = decoder.net(z).view(2, 3, 5)
+    expected = (logits * xs[0].unsqueeze(1) - torch.nn.functional.softplus(logits)).sum(-1)
+    torch.testing.assert_close(looped[0], expected.flatten())
