@@ -24,6 +24,7 @@ __all__ = [
     "check_number",
     "check_positive_int",
     "event_size",
+    "is_functorch_wrapped",
     "sum_event",
 ]
 
@@ -174,3 +175,12 @@ def sum_event(values: Tensor) -> Tensor:
     if values.dim() == 2:
         return values.sum(1)
     return values.flatten(1).sum(1)
+
+
+def is_functorch_wrapped(tensor: Tensor) -> bool:
+    """True for a tensor that torch.func (vmap, grad, jacrev) wraps: its value cannot
+    steer Python, and writing another wrapped tensor into it in place may fail."""
+    if torch.compiler.is_compiling():  # traced graphs hold no functorch wrappers
+        return False
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(tensor)) if check is not None else False

@@ -20,7 +20,7 @@ from nflows.distributions import Distribution
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Independent, Normal
 
-from flowjoint.checks import check_event_shape, check_number, sum_event
+from flowjoint.checks import check_event_shape, check_number, is_functorch_wrapped, sum_event
 from flowjoint.distributions import BaseDistribution, standard_normal_log_prob
 from flowjoint.elementwise import ConditionalAffine
 from flowjoint.flows import Flow
@@ -79,10 +79,14 @@ class BernoulliDecoder(nn.Module):
             return -sum_event(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
         # K rows of z per row of x: broadcast x instead of copying it K times.
         grouped = logits.view(x.shape[0], -1, *self.data_shape)  # (rows_x, K, *shape)
-        # x * logits - softplus(logits): two (rows, *shape) temporaries instead of three
-        # (the softplus's own output is negated in place; x is written out of place, so
-        # that a batched x under vmap and dtype promotion work).
-        log_p = torch.addcmul(F.softplus(grouped).neg_(), grouped, x.unsqueeze(1))
+        # x * logits - softplus(logits) in the softplus's own buffer: one (rows, *shape)
+        # temporary instead of three, which matters for iwae's large chunks. Out of place
+        # when x cannot be written into it (another dtype; x wrapped by torch.func).
+        log_p = F.softplus(grouped).neg_()
+        if x.dtype == log_p.dtype and not is_functorch_wrapped(x):
+            log_p = log_p.addcmul_(grouped, x.unsqueeze(1))
+        else:
+            log_p = torch.addcmul(log_p, grouped, x.unsqueeze(1))
         return sum_event(log_p.flatten(0, 1))
 
     def distribution(self, z: Tensor) -> Independent:

@@ -7,7 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from flowjoint.checks import check_inputs, check_number, check_positive_int
+from flowjoint.checks import (
+    check_inputs,
+    check_number,
+    check_positive_int,
+    is_functorch_wrapped,
+)
 from flowjoint.transforms import SavedSettings, Transform
 
 __all__ = ["ActNorm", "BatchNorm"]
@@ -109,7 +114,7 @@ class ActNorm(Transform):
             return False
         if buffer.is_meta:  # no value to read: initialise, which reads none either
             return True
-        if torch.compiler.is_compiling() or _is_functorch_wrapped(buffer):
+        if torch.compiler.is_compiling() or is_functorch_wrapped(buffer):
             # Under torch.compile or vmap the value cannot steer Python: trust what this
             # module knows of its own buffer.
             return self._known_initialized is None
@@ -242,9 +247,3 @@ class BatchNorm(SavedSettings, Transform):
         outputs = outputs + _view(self.running_mean, inputs)
         logabsdet = -log_scale.sum() * _positions(inputs)
         return outputs, logabsdet.expand(inputs.shape[0])
-
-
-def _is_functorch_wrapped(tensor: Tensor) -> bool:
-    """True for a tensor that torch.func (vmap, grad) wraps: its value is not readable."""
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check(tensor)) if check is not None else False
