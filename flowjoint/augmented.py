@@ -42,7 +42,7 @@ from flowjoint.elementwise import ConditionalAffine
 from flowjoint.flows import Flow
 from flowjoint.nets import default_decoder_net, default_encoder_net
 from flowjoint.stochastic import Augment, AugmentedState, repeat_rows
-from flowjoint.transforms import Compose, Transform
+from flowjoint.transforms import Compose, Transform, spreads_over
 
 __all__ = [
     "AugmentedFlow",
@@ -67,7 +67,7 @@ def check_state(state: object, data_shape: tuple[int, ...], latent_features: int
     check_inputs(state.data, data_shape, "inputs.data")
     check_inputs(state.latent, latent_features, "inputs.latent")
     rows_x, rows = state.data.shape[0], state.latent.shape[0]
-    if rows_x != rows and (rows_x == 0 or rows % rows_x):
+    if not spreads_over(rows_x, rows):
         raise ValueError(
             f"inputs.data must have as many rows as inputs.latent ({rows}) or a divisor of "
             f"it (K draws per data row), got {rows_x}"

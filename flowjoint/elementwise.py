@@ -32,7 +32,13 @@ from flowjoint.checks import (
     sum_event,
 )
 from flowjoint.nets import MLP
-from flowjoint.transforms import SavedSettings, Transform, has_hooks, repeat_rows
+from flowjoint.transforms import (
+    SavedSettings,
+    Transform,
+    has_hooks,
+    repeat_rows,
+    spreads_over,
+)
 
 __all__ = [
     "AdditiveMap",
@@ -261,8 +267,8 @@ class ConditionalElementwise(Transform):
         else:
             check_inputs(inputs, self.event_shape)
         check_inputs(context, None, "context", channels=self.context_features)
-        rows, context_rows = inputs.shape[0], context.shape[0]
-        if context_rows != rows and (context_rows == 0 or rows % context_rows):
+        rows = inputs.shape[0]
+        if not spreads_over(context.shape[0], rows):
             raise ValueError(
                 f"context must have the batch size of the inputs ({rows}) or a divisor of it "
                 f"(one context row for several draws), got shape {tuple(context.shape)}"

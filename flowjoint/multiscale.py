@@ -25,7 +25,7 @@ from flowjoint.checks import (
     check_event_shape,
     check_inputs,
 )
-from flowjoint.transforms import SavedSettings, Transform, is_stochastic
+from flowjoint.transforms import SavedSettings, Transform, check_transform_list, is_stochastic
 
 __all__ = ["Multiscale"]
 
@@ -110,14 +110,8 @@ class Multiscale(SavedSettings, Transform):
 
     def __init__(self, scales: Iterable[Transform], shape: Sequence[int]) -> None:
         super().__init__()
-        scales = list(scales)
-        if not scales:
-            raise ValueError("scales must hold at least one transform, got an empty list")
+        scales = check_transform_list(scales, "scales")
         for i, scale in enumerate(scales):
-            if not isinstance(scale, Transform):
-                raise TypeError(
-                    f"scales[{i}] must be an nflows/flowjoint Transform, got {type(scale).__name__}"
-                )
             if is_stochastic(scale):
                 raise ValueError(
                     f"scales[{i}] holds a stochastic layer; put stochastic layers before the "

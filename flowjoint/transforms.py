@@ -227,6 +227,25 @@ def repeat_rows(value: Tensor | None, rows: int) -> Tensor | None:
     return value.repeat_interleave(rows // value.shape[0], dim=0)
 
 
+def spreads_over(part_rows: int, rows: int) -> bool:
+    """Whether `repeat_rows` can spread ``part_rows`` rows over ``rows``: equal, or a
+    non-zero divisor (one row for each of several draws)."""
+    return part_rows == rows or (part_rows > 0 and rows % part_rows == 0)
+
+
+def check_transform_list(transforms: Iterable[Transform], name: str) -> list[Transform]:
+    """``transforms`` as a non-empty list of nflows/flowjoint transforms, else raise."""
+    transforms = list(transforms)
+    if not transforms:
+        raise ValueError(f"{name} must hold at least one transform, got an empty list")
+    for i, t in enumerate(transforms):
+        if not isinstance(t, Transform):
+            raise TypeError(
+                f"{name}[{i}] must be an nflows/flowjoint Transform, got {type(t).__name__}"
+            )
+    return transforms
+
+
 class Compose(Transform):
     """Transforms applied in list order; the inverse runs in reverse order.
 
@@ -257,15 +276,7 @@ class Compose(Transform):
 
     def __init__(self, transforms: Iterable[Transform]) -> None:
         super().__init__()
-        transforms = list(transforms)
-        if not transforms:
-            raise ValueError("transforms must hold at least one transform, got an empty list")
-        for i, t in enumerate(transforms):
-            if not isinstance(t, Transform):
-                raise TypeError(
-                    f"transforms[{i}] must be an nflows/flowjoint Transform, got {type(t).__name__}"
-                )
-        self.transforms = nn.ModuleList(transforms)
+        self.transforms = nn.ModuleList(check_transform_list(transforms, "transforms"))
 
     @property
     def stochastic(self) -> bool:
