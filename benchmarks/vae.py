@@ -2,7 +2,7 @@
 
 Both are 784-512-256-32 Bernoulli VAEs (encoder 784-512-256-64, decoder
 32-256-512-784, ReLU) with the same soft bound on ``log sigma`` (``b tanh(raw / b)``
-with ``b`` = JointVAE's default, computed as ``2b (sigmoid(2 raw / b) - 1/2)`` as
+with ``b`` = JointVAE's default, computed as ``2b sigmoid(2 raw / b) - b`` as
 flowjoint does) and the same one-sample ELBO; a check first confirms that with the
 same weights and the same noise they give the same ELBO and the same IWAE bound.
 Timed, batch 128, float32, interleaved rounds (see ``common.py``):

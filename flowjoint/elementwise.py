@@ -57,18 +57,26 @@ def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
     scales; far from zero it saturates, so one layer can never scale by more than
     ``exp(bound)`` or less than ``exp(-bound)``. ``bound=None`` leaves ``raw`` as is.
 
-    Computed as ``2 b (sigmoid(2 raw / b) - 1/2)``, with ``tanh(u) = 2 sigmoid(2u) - 1``:
-    on CPU, ATen's sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a
-    (64, 392) float32 tensor), is not split across threads below 32768 elements
-    (tanh is, from about 1024 on: one thread fork and join per layer) and has a
-    one-kernel backward. The price is an absolute rather than a relative rounding
-    error, at most about ``2 eps * bound`` (6e-7 in float32 for the default bound 3):
-    a log-scale 2 ulp off at worst. ``|result| <= bound`` holds exactly; ``+-inf``
-    gives ``+-bound`` and NaN stays NaN.
+    Computed as ``2 b sigmoid(2 raw / b) - b``, with ``tanh(u) = 2 sigmoid(2u) - 1``, in
+    three kernels (a scaling, the sigmoid, one ``rsub`` for the affine part): on CPU,
+    ATen's sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a (64, 392)
+    float32 tensor), is not split across threads below 32768 elements (tanh is, from
+    about 1024 on: one thread fork and join per layer) and has a one-kernel backward.
+    The price is an absolute rather than a relative rounding error, at most about
+    ``2 eps * bound`` (6e-7 in float32 for the default bound 3): a log-scale 2 ulp off
+    at worst. ``|result| <= bound`` holds exactly; ``+-inf`` gives ``+-bound`` and NaN
+    stays NaN.
     """
     if bound is None:
         return raw
-    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * bound)
+    return _signed_soft_clamp(raw, bound, 1.0)
+
+
+def _signed_soft_clamp(raw: Tensor, bound: float, sign: float) -> Tensor:
+    """``sign * soft_clamp(raw, bound)`` as ``sign * b * (2 sigmoid(2 raw / b) - 1)``: the
+    same products and sums with their signs flipped, so ``sign=-1`` is bit for bit the
+    negation of ``sign=1`` (an affine inverse uses exactly its forward's log-scale)."""
+    return torch.rsub(torch.sigmoid(raw * (2.0 / bound)), -sign * bound, alpha=-2.0 * sign * bound)
 
 
 class ElementwiseMap(nn.Module):
@@ -117,7 +125,7 @@ class AffineMap(SavedSettings, ElementwiseMap):
         super().__init_subclass__(**kwargs)
         cls._own_log_scale = cls.shift_and_log_scale is AffineMap.shift_and_log_scale
 
-    _own_log_scale = True  # shift_and_log_scale is this class's (a fresh log-scale)
+    _own_log_scale = True  # shift_and_log_scale is this class's: inverse may fold the sign
 
     def shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, raw = params.chunk(2, dim=1)  # (batch, n, *rest) each
@@ -128,12 +136,19 @@ class AffineMap(SavedSettings, ElementwiseMap):
         return torch.addcmul(shift, inputs, log_scale.exp()), log_scale
 
     def inverse(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self.shift_and_log_scale(params)
-        # This class's clamp returns a fresh tensor: negate it in place. Unbounded, it is
-        # a view of the conditioner's output, and a subclass's may be held elsewhere.
-        fresh = self.log_scale_bound is not None and type(self)._own_log_scale
-        neg = log_scale.neg_() if fresh else log_scale.neg()
+        shift, neg = self._shift_and_negated_log_scale(params)
         return (inputs - shift) * neg.exp(), neg
+
+    def _shift_and_negated_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``shift, -log_scale``; with this class's clamp, the negation is folded into it
+        (one kernel fewer, the same bits as negating the forward's log-scale)."""
+        if not type(self)._own_log_scale:  # a subclass's log-scale, perhaps held elsewhere
+            shift, log_scale = self.shift_and_log_scale(params)
+            return shift, log_scale.neg()
+        shift, raw = params.chunk(2, dim=1)  # (batch, n, *rest) each
+        if self.log_scale_bound is None:
+            return shift, raw.neg()
+        return shift, _signed_soft_clamp(raw, self.log_scale_bound, -1.0)
 
 
 class AdditiveMap(ElementwiseMap):

@@ -13,12 +13,11 @@ with ``K`` independent passes. Training and evaluation call these for every mode
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 from nflows.distributions import Distribution
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowjoint.checks import (
     check_finite_values,
@@ -316,11 +315,12 @@ class Flow(Distribution):
             )
 
     def _dtype(self) -> torch.dtype | None:
-        """The dtype of the model's first parameter or buffer, None if it has neither."""
-        for tensor in itertools.chain(self.parameters(), self.buffers()):
-            if tensor.is_floating_point():
-                return tensor.dtype
-        return None
+        """The dtype of the model's first floating parameter, else of its first floating
+        buffer; None if it has neither (read afresh at every call)."""
+        tensor = _first_floating(self, "_parameters")
+        if tensor is None:
+            tensor = _first_floating(self, "_buffers")
+        return None if tensor is None else tensor.dtype
 
     def sample(
         self,
@@ -383,3 +383,18 @@ def _per_item(log_weight: Tensor, num_samples: int) -> Tensor:
 def _chunks(total: int, size: int) -> list[int]:
     """``total`` split into parts of at most ``size``."""
     return [min(size, total - start) for start in range(0, total, size)]
+
+
+def _first_floating(module: nn.Module, kind: str) -> Tensor | None:
+    """The first floating tensor of ``module.<kind>`` (``_parameters`` or ``_buffers``)
+    in ``module.parameters()`` order, depth first; a walk of the module dicts, about a
+    tenth of the cost of the ``parameters()`` generator, which every call pays."""
+    for tensor in getattr(module, kind).values():
+        if tensor is not None and tensor.is_floating_point():
+            return tensor
+    for child in module._modules.values():
+        if child is not None:
+            found = _first_floating(child, kind)
+            if found is not None:
+                return found
+    return None

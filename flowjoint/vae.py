@@ -377,4 +377,4 @@ def _not_all_zero(values: Tensor) -> bool:
     if values.numel() == 0:
         return False
     low, high = torch.aminmax(values)
-    return bool(low.ne(0) | high.ne(0))
+    return bool(low) or bool(high)  # NaN is true

@@ -56,6 +56,21 @@ def test_affine_and_additive_maps_invert_and_report_their_log_derivative():
     assert logabsdet is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bound", [0.5, 3.0, 10.0, None])
+def test_the_inverse_uses_exactly_the_negated_forward_log_scale(dtype, bound):
+    """The inverse folds the sign into the clamp: bit for bit -log_scale of the forward,
+    also for huge, infinite and strided conditioner outputs."""
+    layer = AffineMap(bound)
+    params = torch.randn(64, 2, 40, dtype=dtype)[:, :, ::2] * 30  # (64, 2, 20), strided
+    params[0, 1, :4] = torch.tensor([float("inf"), -float("inf"), 1e30, -1e30])
+    params = params.reshape(64, 40)[:, ::2]  # shift (64, 10), raw (64, 10); not contiguous
+    x = torch.randn(64, 10, dtype=dtype)
+    _, log_scale = layer(x, params)
+    _, negated = layer.inverse(x, params)
+    assert torch.equal(negated, -log_scale)
+
+
 def test_the_inverse_does_not_negate_a_subclass_log_scale_in_place():
     seen = []
 

@@ -279,6 +279,35 @@ def test_inputs_of_another_dtype_than_the_model_name_both(call):
         call()
 
 
+def test_the_dtype_check_reads_the_tensors_the_model_holds_now():
+    """The model's dtype is read at each call: after .double(), under functional_call with
+    float64 tensors, and with no parameters but a floating buffer."""
+
+    class LogProb(torch.nn.Module):
+        def __init__(self, flow):
+            super().__init__()
+            self.flow = flow
+
+        def forward(self, inputs):
+            return self.flow.log_prob(inputs)
+
+    flow = fj.realnvp(4, 2, 8)
+    x = torch.randn(3, 4)
+    flow.log_prob(x)
+    model = LogProb(flow)
+    state = {k: v.double() for k, v in model.state_dict().items()}
+    assert torch.func.functional_call(model, state, (x.double(),)).dtype == torch.float64
+    with pytest.raises(TypeError, match="model computes in torch.float64"):
+        torch.func.functional_call(model, state, (x,))
+    flow.log_prob(x)  # the model's own float32 tensors again
+    flow.double()
+    with pytest.raises(TypeError, match="model computes in torch.float64"):
+        flow.log_prob(x)
+    buffers_only = fj.Flow(fj.ReversePermutation(4), fj.StandardNormal(4)).double()
+    with pytest.raises(TypeError, match="model computes in torch.float64"):
+        buffers_only.log_prob(x)
+
+
 @pytest.mark.parametrize("temperature", [1e39, 1e300, float("inf"), float("nan")])
 def test_a_temperature_beyond_the_models_dtype_is_refused(temperature):
     with pytest.raises(ValueError, match="temperature must be finite"):
