@@ -23,10 +23,10 @@ class Model:
 
 
 def clamp(raw: Tensor, bound: float | None) -> Tensor:
-    """flowjoint's soft clamp written out: ``b tanh(raw / b) = 2b sigmoid(2 raw / b) - b``."""
+    """flowjoint's soft clamp written out: ``b tanh(raw / b) = 2b (sigmoid(2 raw / b) - 1/2)``."""
     if bound is None:
         return raw
-    return torch.rsub(torch.sigmoid(raw * (2.0 / bound)), -bound, alpha=-2.0 * bound)
+    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * bound)
 
 
 def randomize(module: nn.Module, seed: int) -> None:

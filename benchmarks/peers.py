@@ -9,7 +9,7 @@ are printed and must agree):
   of checkerboard and channel couplings with residual conv conditioners.
 
 ``raw`` is a hand-written PyTorch version doing exactly flowjoint's maths (the soft
-clamp ``log_scale = 3 tanh(raw / 3)``, computed as ``6 sigmoid(2 raw / 3) - 3``
+clamp ``log_scale = 3 tanh(raw / 3)``, computed as ``6 (sigmoid(2 raw / 3) - 1/2)``
 as flowjoint does), so the flowjoint/raw ratio measures library machinery alone. The
 peers keep their own map from the conditioner's output to the scale. ``flowjoint
 bound=None`` is the same flowjoint model without the soft clamp (``exp(raw)``): its

@@ -5,7 +5,7 @@ half given the first, the next the first half given the second, ...), each
 conditioned by an MLP ``d/2 -> H -> H -> 2 * d/2`` with ReLU, on a standard normal
 base. Each library keeps its own map from the conditioner's output to the scale
 (flowjoint and raw: ``log_scale = b tanh(raw / b)`` with ``b = 3``, computed as
-``2b sigmoid(2 raw / b) - b``; nflows: ``scale = sigmoid(raw + 2) + 1e-3``;
+``2b (sigmoid(2 raw / b) - 1/2)``; nflows: ``scale = sigmoid(raw + 2) + 1e-3``;
 zuko: a soft bound at slope 1e-3; normflows: ``exp``).
 """
 

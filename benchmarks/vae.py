@@ -2,7 +2,7 @@
 
 Both are 784-512-256-32 Bernoulli VAEs (encoder 784-512-256-64, decoder
 32-256-512-784, ReLU) with the same soft bound on ``log sigma`` (``b tanh(raw / b)``
-with ``b`` = JointVAE's default, computed as ``2b sigmoid(2 raw / b) - b`` as
+with ``b`` = JointVAE's default, computed as ``2b (sigmoid(2 raw / b) - 1/2)`` as
 flowjoint does) and the same one-sample ELBO; a check first confirms that with the
 same weights and the same noise they give the same ELBO and the same IWAE bound.
 Timed, batch 128, float32, interleaved rounds (see ``common.py``):
@@ -334,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="5 rounds, short blocks, no compile")
     p.add_argument("--tiny", action="store_true", help="a tiny VAE, seconds; for the test suite")
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--target-seconds", type=float, default=0.15)
     p.add_argument("--max-load", type=float, default=0.15)
     p.add_argument("--threads", type=int, default=2)

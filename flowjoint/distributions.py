@@ -26,19 +26,23 @@ LOG_2PI = math.log(2 * math.pi)
 def standard_normal_log_prob(inputs: Tensor) -> Tensor:
     """``log N(inputs; 0, I)`` summed over the event: ``(batch, *event)`` -> ``(batch,)``."""
     size = math.prod(inputs.shape[1:])
-    # -c - |x|^2 / 2 in two kernels (a dot product per row, then rsub), not four.
-    return torch.rsub(_squared_norm(inputs), -0.5 * size * LOG_2PI, alpha=0.5)
+    # Scalars as operands, not as alpha=: inductor drops an alpha whose operand is
+    # symbolic (here the event size under dynamic shapes).
+    return _squared_norm(inputs).mul(-0.5).sub_(0.5 * size * LOG_2PI)
 
 
 def standard_normal_nll(inputs: Tensor) -> Tensor:
     """``-log N(inputs; 0, I)`` summed over the event, ``(batch,)``."""
     size = math.prod(inputs.shape[1:])
-    return torch.rsub(_squared_norm(inputs), 0.5 * size * LOG_2PI, alpha=-0.5)
+    return _squared_norm(inputs).mul(0.5).add_(0.5 * size * LOG_2PI)
 
 
 def _squared_norm(inputs: Tensor) -> Tensor:
-    """``|x|^2`` over the event dimensions, ``(batch,)``, in one kernel."""
+    """``|x|^2`` over the event dimensions, ``(batch,)``, in one kernel (integers are
+    taken in the default floating dtype)."""
     flat = inputs if inputs.dim() == 2 else inputs.flatten(1)
+    if not flat.is_floating_point():
+        flat = flat.to(torch.get_default_dtype())
     return torch.linalg.vecdot(flat, flat)
 
 

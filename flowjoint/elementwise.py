@@ -57,15 +57,14 @@ def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
     scales; far from zero it saturates, so one layer can never scale by more than
     ``exp(bound)`` or less than ``exp(-bound)``. ``bound=None`` leaves ``raw`` as is.
 
-    Computed as ``2 b sigmoid(2 raw / b) - b``, with ``tanh(u) = 2 sigmoid(2u) - 1``, in
-    three kernels (a scaling, the sigmoid, one ``rsub`` for the affine part): on CPU,
-    ATen's sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a (64, 392)
-    float32 tensor), is not split across threads below 32768 elements (tanh is, from
-    about 1024 on: one thread fork and join per layer) and has a one-kernel backward.
-    The price is an absolute rather than a relative rounding error, at most about
-    ``2 eps * bound`` (6e-7 in float32 for the default bound 3): a log-scale 2 ulp off
-    at worst. ``|result| <= bound`` holds exactly; ``+-inf`` gives ``+-bound`` and NaN
-    stays NaN.
+    Computed as ``2 b (sigmoid(2 raw / b) - 1/2)``, with ``tanh(u) = 2 sigmoid(2u) - 1``:
+    on CPU, ATen's sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a
+    (64, 392) float32 tensor), is not split across threads below 32768 elements
+    (tanh is, from about 1024 on: one thread fork and join per layer) and has a
+    one-kernel backward. The price is an absolute rather than a relative rounding
+    error, at most about ``2 eps * bound`` (6e-7 in float32 for the default bound 3):
+    a log-scale 2 ulp off at worst. ``|result| <= bound`` holds exactly; ``+-inf``
+    gives ``+-bound`` and NaN stays NaN.
     """
     if bound is None:
         return raw
@@ -73,10 +72,14 @@ def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
 
 
 def _signed_soft_clamp(raw: Tensor, bound: float, sign: float) -> Tensor:
-    """``sign * soft_clamp(raw, bound)`` as ``sign * b * (2 sigmoid(2 raw / b) - 1)``: the
-    same products and sums with their signs flipped, so ``sign=-1`` is bit for bit the
-    negation of ``sign=1`` (an affine inverse uses exactly its forward's log-scale)."""
-    return torch.rsub(torch.sigmoid(raw * (2.0 / bound)), -sign * bound, alpha=-2.0 * sign * bound)
+    """``sign * soft_clamp(raw, bound)``, as ``(sigmoid(2 raw / b) - 1/2) * (2 sign b)``:
+    the same operations with the last factor's sign flipped, so ``sign=-1`` is exactly
+    the negation of ``sign=1`` (an affine inverse uses its forward's log-scale).
+    ``s - 1/2`` is exact for ``s >= 1/4``, so the error is the sigmoid's and one
+    product's. The scalars are operands, not ``alpha=``: inductor drops an ``alpha``
+    whose operand is symbolic, as a bound becomes when one compiled function meets a
+    second bound."""
+    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * sign * bound)
 
 
 class ElementwiseMap(nn.Module):
@@ -141,8 +144,9 @@ class AffineMap(SavedSettings, ElementwiseMap):
 
     def _shift_and_negated_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """``shift, -log_scale``; with this class's clamp, the negation is folded into it
-        (one kernel fewer, the same bits as negating the forward's log-scale)."""
-        if not type(self)._own_log_scale:  # a subclass's log-scale, perhaps held elsewhere
+        (one kernel fewer, the same number as negating the forward's log-scale)."""
+        if not type(self)._own_log_scale or "shift_and_log_scale" in self.__dict__:
+            # another log-scale (a subclass's, or set on this instance): negate a copy
             shift, log_scale = self.shift_and_log_scale(params)
             return shift, log_scale.neg()
         shift, raw = params.chunk(2, dim=1)  # (batch, n, *rest) each

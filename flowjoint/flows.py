@@ -385,16 +385,19 @@ def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
 
 
-def _first_floating(module: nn.Module, kind: str) -> Tensor | None:
+def _first_floating(module: nn.Module, kind: str, seen: set[int] | None = None) -> Tensor | None:
     """The first floating tensor of ``module.<kind>`` (``_parameters`` or ``_buffers``)
-    in ``module.parameters()`` order, depth first; a walk of the module dicts, about a
-    tenth of the cost of the ``parameters()`` generator, which every call pays."""
+    in ``module.parameters()`` order, depth first, each module once; a walk of the
+    module dicts, about a tenth of the cost of the ``parameters()`` generator, which
+    every call pays."""
+    seen = set() if seen is None else seen
+    seen.add(id(module))
     for tensor in getattr(module, kind).values():
         if tensor is not None and tensor.is_floating_point():
             return tensor
     for child in module._modules.values():
-        if child is not None:
-            found = _first_floating(child, kind)
+        if child is not None and id(child) not in seen:
+            found = _first_floating(child, kind, seen)
             if found is not None:
                 return found
     return None

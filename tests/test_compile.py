@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import flowjoint as fj
+from flowjoint.distributions import LOG_2PI, standard_normal_log_prob, standard_normal_nll
 from flowjoint.testing import randomize_parameters
 
 # The default run uses the "aot_eager" backend: dynamo traces the same fullgraph
@@ -97,3 +98,31 @@ def test_compiled_flow_still_checks_arguments():
     # Under fullgraph=True dynamo reports the ValueError it traced, message included.
     with pytest.raises((ValueError, torch._dynamo.exc.Unsupported), match="4 features"):
         compiled(torch.randn(3, 5))
+
+
+@pytest.mark.slow
+def test_inductor_agrees_when_bounds_and_event_sizes_change():
+    """A second bound, or another event size, makes a scalar symbolic in the recompiled
+    graph; the soft clamp and the standard-normal density must still agree with eager
+    (inductor drops an ``alpha=`` whose operand is symbolic, so they do not use one)."""
+    clamp = torch.compile(fj.soft_clamp, fullgraph=True)
+    raw = torch.tensor([-50.0, 0.3, 50.0])
+    for bound in (3.0, 0.1, 0.5):
+        torch.testing.assert_close(clamp(raw, bound), fj.soft_clamp(raw, bound))
+    for bound in (3.0, 2.0):
+        torch.manual_seed(1)
+        flow = fj.realnvp(4, 2, 16, log_scale_bound=bound)
+        randomize_parameters(flow, std=0.5)
+        x = torch.randn(8, 4)
+        compiled = torch.compile(flow.log_prob, fullgraph=True)
+        torch.testing.assert_close(compiled(x), flow.log_prob(x), rtol=1e-5, atol=1e-5)
+        noise = torch.randn(8, 4)
+        inverse = torch.compile(flow.transform.inverse, fullgraph=True)
+        torch.testing.assert_close(inverse(noise)[0], flow.transform.inverse(noise)[0])
+    density = torch.compile(standard_normal_log_prob, fullgraph=True, dynamic=True)
+    nll = torch.compile(standard_normal_nll, fullgraph=True, dynamic=True)
+    for features in (4, 6):
+        x = torch.full((2, features), 2.0)
+        want = -0.5 * x.square().sum(1) - 0.5 * features * LOG_2PI
+        torch.testing.assert_close(density(x), want)
+        torch.testing.assert_close(nll(x), -want)

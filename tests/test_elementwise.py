@@ -71,6 +71,30 @@ def test_the_inverse_uses_exactly_the_negated_forward_log_scale(dtype, bound):
     assert torch.equal(negated, -log_scale)
 
 
+def test_a_log_scale_set_on_an_instance_is_used_by_both_directions():
+    layer = AffineMap(3.0)
+    original = layer.shift_and_log_scale
+    layer.shift_and_log_scale = lambda params: (original(params)[0], original(params)[1] * 0.5)
+    x, params = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    y, log_scale = layer(x, params)
+    back, negated = layer.inverse(y, params)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(negated, -log_scale)
+
+
+def test_standard_normal_densities_of_integers_and_images_match_the_textbook():
+    from flowjoint.distributions import LOG_2PI, standard_normal_log_prob, standard_normal_nll
+
+    images = torch.randn(3, 2, 4, 6, dtype=torch.float64).transpose(2, 3)  # not contiguous
+    want = -0.5 * images.square().sum((1, 2, 3)) - 0.5 * 48 * LOG_2PI
+    torch.testing.assert_close(standard_normal_log_prob(images), want)
+    torch.testing.assert_close(standard_normal_nll(images), -want)
+    integers = torch.tensor([[1, 2], [0, -3]])
+    torch.testing.assert_close(
+        standard_normal_log_prob(integers), torch.tensor([-2.5, -4.5]) - LOG_2PI
+    )
+
+
 def test_the_inverse_does_not_negate_a_subclass_log_scale_in_place():
     seen = []
 

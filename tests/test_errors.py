@@ -306,6 +306,10 @@ def test_the_dtype_check_reads_the_tensors_the_model_holds_now():
     buffers_only = fj.Flow(fj.ReversePermutation(4), fj.StandardNormal(4)).double()
     with pytest.raises(TypeError, match="model computes in torch.float64"):
         buffers_only.log_prob(x)
+    looped = fj.realnvp(4, 2, 8)
+    looped.transform.transforms[0].loop = looped  # a module graph with a cycle
+    with pytest.raises(TypeError, match="model computes in torch.float32"):
+        looped.log_prob(x.double())
 
 
 @pytest.mark.parametrize("temperature", [1e39, 1e300, float("inf"), float("nan")])
