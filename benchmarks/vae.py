@@ -21,7 +21,7 @@ the 500 MNIST-5k test images (binarised at 0.5), and of the discrete-data bound
 ``iwae(x, 100)`` of the MNIST-5k multi-scale Real NVP (uniform dequantization) on
 the same images as pixel levels.
 
-Run ``python benchmarks/vae.py`` (about 3 minutes) or ``--quick``.
+Run ``python benchmarks/vae.py`` (25 rounds, about 2 minutes) or ``--quick``.
 """
 
 from __future__ import annotations
