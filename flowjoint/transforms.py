@@ -169,9 +169,19 @@ _GLOBAL_HOOK_DICTS = (
 
 def has_hooks(module: nn.Module) -> bool:
     """True if ``module`` or every module (globally) has a forward or backward hook."""
-    if any(getattr(module, name, None) for name in _HOOK_DICTS):
+    return any_hooks((module,))
+
+
+def any_hooks(modules: Iterable[nn.Module]) -> bool:
+    """True if one of ``modules``, or every module (globally), has a forward or backward
+    hook; one look at the global hooks for all of them."""
+    if any(getattr(_MODULE, name, None) for name in _GLOBAL_HOOK_DICTS):
         return True
-    return any(getattr(_MODULE, name, None) for name in _GLOBAL_HOOK_DICTS)
+    for module in modules:
+        for name in _HOOK_DICTS:
+            if getattr(module, name, None):
+                return True
+    return False
 
 
 class BlockTransform(Transform):

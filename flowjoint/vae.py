@@ -43,6 +43,7 @@ from flowjoint.flows import Flow
 from flowjoint.nets import default_decoder_net, default_encoder_net
 from flowjoint.stochastic import Augment, AugmentedState
 from flowjoint.transforms import Compose, Transform, is_stochastic
+from flowjoint.vae_pass import standard_log_weights
 
 __all__ = ["JointVAE"]
 
@@ -251,6 +252,13 @@ class JointVAE(Flow):
                 f"{bad}; binarise the data, or model continuous data with "
                 "likelihood='gaussian'"
             )
+
+    def _draw_log_weights(self, inputs: Tensor, context: Tensor | None, num_samples: int) -> Tensor:
+        """The stack's pass; the plain VAE stack without hooks in one function (same bits)."""
+        log_weights = standard_log_weights(self.transform, self.base, inputs, num_samples)
+        if log_weights is None:
+            return super()._draw_log_weights(inputs, context, num_samples)
+        return log_weights
 
     def _encoder_input(self, x: Tensor) -> Tensor:
         """``x`` through the preprocessing layers (bijective ones only)."""

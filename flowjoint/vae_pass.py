@@ -1,0 +1,68 @@
+"""The VAE's stack ``[Augment(d), encoder coupling]`` on ``p(z) p(x|z)`` in one pass.
+
+A [`JointVAE`][flowjoint.JointVAE] without preprocessing or flow-posterior layers is
+the stack ``Compose([Augment(d), EncoderCoupling])`` on a ``JointBase``. Its one-sample
+log-weight is the sum the stack computes::
+
+    eps ~ N(0, I_d)                                   # Augment's draw
+    z, log_det = mu(x) + sigma(x) * eps, sum log sigma(x)
+    log_weight = (log p(z) + log p(x|z)) + (-log N(eps) + log_det)
+
+`standard_log_weights` computes it with the same operations in the same order and
+the same draw, without the calls through ``Compose`` and the layers (their module
+calls and their argument checks, which the public entry points have made). It
+steps aside (returns ``None``) for any other stack, a subclass of one of its layers,
+and whenever a hook is set on a module that the stack's pass calls as a module, so
+that hooks fire as they would; ``tests/test_vae.py`` checks that both passes give
+the same bits, the same gradients and the same draws.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flowjoint.augmented import EncoderCoupling
+from flowjoint.decoders import JointBase
+from flowjoint.distributions import standard_normal_nll
+from flowjoint.elementwise import ConditionalAffine
+from flowjoint.stochastic import Augment, AugmentedState
+from flowjoint.transforms import Compose, any_hooks
+
+__all__ = ["standard_log_weights"]
+
+
+def standard_stack(transform: nn.Module, base: nn.Module) -> tuple[Augment, EncoderCoupling] | None:
+    """``(augment, coupling)`` if ``transform`` on ``base`` is the plain VAE stack with no
+    hook on the modules its pass calls as modules; otherwise ``None``."""
+    if type(transform) is not Compose or type(base) is not JointBase:
+        return None
+    layers = list(transform.transforms._modules.values())  # the ModuleList's entries
+    if len(layers) != 2 or type(layers[0]) is not Augment:
+        return None
+    augment, coupling = layers
+    if type(coupling) is not EncoderCoupling or type(coupling.elementwise) is not ConditionalAffine:
+        return None
+    # The generic pass calls these through __call__ (the element-wise map and its
+    # function when hooked); the nets are module calls in both passes.
+    elementwise = coupling.elementwise
+    if any_hooks((transform, augment, coupling, elementwise, elementwise.function)):
+        return None
+    return augment, coupling
+
+
+def standard_log_weights(
+    transform: nn.Module, base: nn.Module, inputs: Tensor, num_samples: int
+) -> Tensor | None:
+    """The stack's log-weights ``(batch * num_samples,)`` (``num_samples`` consecutive
+    rows per input), or ``None`` when the stack is not the plain VAE stack."""
+    stack = standard_stack(transform, base)
+    if stack is None:
+        return None
+    augment, coupling = stack
+    eps = torch.randn(
+        inputs.shape[0] * num_samples, augment.features, dtype=inputs.dtype, device=inputs.device
+    )
+    contribution = standard_normal_nll(eps)
+    z, log_det = coupling.elementwise.run(eps, inputs)
+    return base._log_prob(AugmentedState(inputs, z), None) + (contribution + log_det)
