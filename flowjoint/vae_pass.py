@@ -12,9 +12,10 @@ log-weight is the sum the stack computes::
 the same draw, without the calls through ``Compose`` and the layers (their module
 calls and their argument checks, which the public entry points have made). It
 steps aside (returns ``None``) for any other stack, a subclass of one of its layers,
-and whenever a hook is set on a module that the stack's pass calls as a module, so
-that hooks fire as they would; ``tests/test_vae.py`` checks that both passes give
-the same bits, the same gradients and the same draws.
+a layer method replaced on its class or instance, a layer compiled in place
+(``Module.compile``), and whenever a hook is set on a module that the stack's pass
+calls as a module, so that hooks fire as they would. ``tests/test_vae_pass.py``
+checks that both passes give the same bits, gradients, draws and errors.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowjoint.augmented import EncoderCoupling
+from flowjoint.augmented import EncoderCoupling, check_state
 from flowjoint.decoders import JointBase
 from flowjoint.distributions import standard_normal_nll
 from flowjoint.elementwise import ConditionalAffine
@@ -31,10 +32,21 @@ from flowjoint.transforms import Compose, any_hooks
 
 __all__ = ["standard_log_weights"]
 
+# The methods the generic pass goes through, as defined: a stack whose modules have
+# them replaced (on the class or on an instance) takes the generic pass.
+_METHODS = (
+    (Compose, "forward", Compose.forward),
+    (Augment, "forward", Augment.forward),
+    (EncoderCoupling, "forward", EncoderCoupling.forward),
+    (ConditionalAffine, "map", ConditionalAffine.map),
+    (JointBase, "log_prob", JointBase.log_prob),
+)
+
 
 def standard_stack(transform: nn.Module, base: nn.Module) -> tuple[Augment, EncoderCoupling] | None:
-    """``(augment, coupling)`` if ``transform`` on ``base`` is the plain VAE stack with no
-    hook on the modules its pass calls as modules; otherwise ``None``."""
+    """``(augment, coupling)`` if ``transform`` on ``base`` is the plain VAE stack, its
+    modules as defined (no hook, no ``Module.compile``, no replaced method); otherwise
+    ``None``."""
     if type(transform) is not Compose or type(base) is not JointBase:
         return None
     layers = list(transform.transforms._modules.values())  # the ModuleList's entries
@@ -43,9 +55,15 @@ def standard_stack(transform: nn.Module, base: nn.Module) -> tuple[Augment, Enco
     augment, coupling = layers
     if type(coupling) is not EncoderCoupling or type(coupling.elementwise) is not ConditionalAffine:
         return None
+    elementwise = coupling.elementwise
+    modules = (transform, augment, coupling, elementwise, base)
+    for (cls, name, method), module in zip(_METHODS, modules, strict=True):
+        if getattr(cls, name) is not method or name in module.__dict__:
+            return None
+    if any(module._compiled_call_impl is not None for module in modules):
+        return None
     # The generic pass calls these through __call__ (the element-wise map and its
     # function when hooked); the nets are module calls in both passes.
-    elementwise = coupling.elementwise
     if any_hooks((transform, augment, coupling, elementwise, elementwise.function)):
         return None
     return augment, coupling
@@ -63,6 +81,8 @@ def standard_log_weights(
     eps = torch.randn(
         inputs.shape[0] * num_samples, augment.features, dtype=inputs.dtype, device=inputs.device
     )
+    state = AugmentedState(inputs, eps)
+    check_state(state, coupling.data_shape, coupling.latent_features)  # the coupling's check
     contribution = standard_normal_nll(eps)
     z, log_det = coupling.elementwise.run(eps, inputs)
-    return base._log_prob(AugmentedState(inputs, z), None) + (contribution + log_det)
+    return base.log_prob(AugmentedState(inputs, z)) + (contribution + log_det)

@@ -105,3 +105,37 @@ def test_a_global_hook_and_a_subclassed_layer_take_the_generic_pass():
     vae.transform.transforms[0] = Counting(2)
     vae.elbo(x)
     assert calls[-1] == "augment"
+
+
+def test_a_replaced_layer_of_another_width_is_refused_as_by_the_stack():
+    vae = build("bernoulli", torch.float64)
+    x = data(vae, torch.float64)
+    vae.transform.transforms[0] = Augment(1)  # the coupling expects eps of width 2
+    with pytest.raises(ValueError, match=r"inputs.latent must have shape \(batch, 2\)"):
+        vae.elbo(x)
+
+
+def test_replaced_methods_and_in_place_compilation_take_the_generic_pass(monkeypatch):
+    vae = build("bernoulli", torch.float64)
+    x = data(vae, torch.float64)
+    coupling, calls = vae.transform[1], []
+
+    def recording(method, name):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    coupling.forward = recording(coupling.forward, "instance forward")
+    vae.base.log_prob = recording(vae.base.log_prob, "base log_prob")
+    vae.elbo(x)
+    assert calls == ["instance forward", "base log_prob"]
+    del coupling.forward, vae.base.log_prob
+    monkeypatch.setattr(Augment, "forward", recording(Augment.forward, "class forward"))
+    vae.elbo(x)
+    assert calls[-1] == "class forward"
+    monkeypatch.undo()
+    assert standard_stack(vae.transform, vae.base) is not None
+    vae.transform[1].compile(backend="eager")
+    assert standard_stack(vae.transform, vae.base) is None
