@@ -9,25 +9,23 @@ log-weight is the sum the stack computes::
     log_weight = (log p(z) + log p(x|z)) + (-log N(eps) + log_det)
 
 `standard_log_weights` computes it with the same operations in the same order and
-the same draw, without the calls through ``Compose`` and the layers (their module
-calls and their argument checks, which the public entry points have made). It
-steps aside (returns ``None``) for any other stack, a subclass of one of its layers,
-a layer method replaced on its class or instance, a layer compiled in place
-(``Module.compile``), and whenever a hook is set on a module that the stack's pass
-calls as a module, so that hooks fire as they would. ``tests/test_vae_pass.py``
+the same draw, by calling the layers' own ``forward`` methods without ``Compose``'s
+cascade and the layers' module calls. It steps aside (returns ``None``) for any other
+stack, a subclass of one of its layers, a layer method replaced on its class or
+instance, a layer compiled in place (``Module.compile``), and whenever a hook is set
+on a module that the stack's pass calls as a module, so that hooks fire as they
+would. ``tests/test_vae_pass.py``
 checks that both passes give the same bits, gradients, draws and errors.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from flowjoint.augmented import EncoderCoupling, check_state
+from flowjoint.augmented import EncoderCoupling
 from flowjoint.decoders import JointBase
-from flowjoint.distributions import standard_normal_nll
 from flowjoint.elementwise import ConditionalAffine
-from flowjoint.stochastic import Augment, AugmentedState
+from flowjoint.stochastic import Augment
 from flowjoint.transforms import Compose, any_hooks
 
 __all__ = ["standard_log_weights"]
@@ -78,11 +76,7 @@ def standard_log_weights(
     if stack is None:
         return None
     augment, coupling = stack
-    eps = torch.randn(
-        inputs.shape[0] * num_samples, augment.features, dtype=inputs.dtype, device=inputs.device
-    )
-    state = AugmentedState(inputs, eps)
-    check_state(state, coupling.data_shape, coupling.latent_features)  # the coupling's check
-    contribution = standard_normal_nll(eps)
-    z, log_det = coupling.elementwise.run(eps, inputs)
-    return base.log_prob(AugmentedState(inputs, z)) + (contribution + log_det)
+    # The layers' own forward methods, not their module calls; summed as Compose sums.
+    state, total = augment.forward(inputs, None, num_samples)
+    state, log_det = coupling.forward(state)
+    return base.log_prob(state) + (total + log_det)
