@@ -109,10 +109,14 @@ class Augment(SavedSettings, StochasticTransform):
         """``(batch, *shape)`` -> state with ``eps`` ``(batch * K, d)``; ``(batch * K,)``."""
         check_inputs(inputs)
         check_positive_int(num_samples, "num_samples")
-        eps = torch.randn(
+        eps = self.draw(inputs, num_samples)
+        return AugmentedState(inputs, eps), standard_normal_nll(eps)
+
+    def draw(self, inputs: Tensor, num_samples: int) -> Tensor:
+        """``eps`` ``(batch * K, d)`` for ``inputs`` ``(batch, ...)``, unchecked."""
+        return torch.randn(
             inputs.shape[0] * num_samples, self.features, dtype=inputs.dtype, device=inputs.device
         )
-        return AugmentedState(inputs, eps), standard_normal_nll(eps)
 
     def inverse(
         self, inputs: AugmentedState, context: Tensor | None = None

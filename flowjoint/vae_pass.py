@@ -9,8 +9,9 @@ log-weight is the sum the stack computes::
     log_weight = (log p(z) + log p(x|z)) + (-log N(eps) + log_det)
 
 `standard_log_weights` computes it with the same operations in the same order and
-the same draw, by calling the layers' own ``forward`` methods without ``Compose``'s
-cascade and the layers' module calls. It steps aside (returns ``None``) for any other
+the same draw (``Augment.draw``), without ``Compose``'s cascade, the layers' module
+calls and the argument checks the public entry points have made (the coupling's
+check of the state is kept). It steps aside (returns ``None``) for any other
 stack, a subclass of one of its layers, a layer method replaced on its class or
 instance, a layer compiled in place (``Module.compile``), and whenever a hook is set
 on a module that the stack's pass calls as a module, so that hooks fire as they
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from flowjoint.augmented import EncoderCoupling
+from flowjoint.augmented import EncoderCoupling, check_state
 from flowjoint.decoders import JointBase
+from flowjoint.distributions import standard_normal_nll
 from flowjoint.elementwise import ConditionalAffine
-from flowjoint.stochastic import Augment
+from flowjoint.stochastic import Augment, AugmentedState
 from flowjoint.transforms import Compose, any_hooks
 
 __all__ = ["standard_log_weights"]
@@ -76,7 +78,9 @@ def standard_log_weights(
     if stack is None:
         return None
     augment, coupling = stack
-    # The layers' own forward methods, not their module calls; summed as Compose sums.
-    state, total = augment.forward(inputs, None, num_samples)
-    state, log_det = coupling.forward(state)
-    return base.log_prob(state) + (total + log_det)
+    # Augment's and the coupling's work without their module calls and the checks the
+    # public entry made; the coupling's state check is kept. Summed as Compose sums.
+    eps = augment.draw(inputs, num_samples)
+    check_state(AugmentedState(inputs, eps), coupling.data_shape, coupling.latent_features)
+    z, log_det = coupling.elementwise.run(eps, inputs)
+    return base.log_prob(AugmentedState(inputs, z)) + (standard_normal_nll(eps) + log_det)
