@@ -23,10 +23,22 @@ class Model:
 
 
 def clamp(raw: Tensor, bound: float | None) -> Tensor:
-    """flowjoint's soft clamp written out: ``b tanh(raw / b) = 2b (sigmoid(2 raw / b) - 1/2)``."""
+    """flowjoint's soft clamp written out: ``b tanh(raw / b) = 2b sigmoid(2 raw / b) - b``,
+    computed as flowjoint computes it in eager mode (a product, an in-place sigmoid and one
+    fused multiply-add, the factors 0-dim tensors made once)."""
     if bound is None:
         return raw
-    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * bound)
+    key = (bound, raw.dtype)
+    if key not in _CLAMP_FACTORS:
+        _CLAMP_FACTORS[key] = (
+            torch.tensor(2.0 / bound, dtype=raw.dtype),
+            torch.tensor(-bound, dtype=raw.dtype),
+        )
+    scale, offset = _CLAMP_FACTORS[key]
+    return torch.add(offset, (raw * scale).sigmoid_(), alpha=2.0 * bound)
+
+
+_CLAMP_FACTORS: dict[tuple[float, torch.dtype], tuple[Tensor, Tensor]] = {}
 
 
 def randomize(module: nn.Module, seed: int) -> None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         encoder_coupling,
     )
     from flowjoint.builders import coupling_flow, nice, realnvp
+    from flowjoint.clamp import soft_clamp
     from flowjoint.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
     from flowjoint.decoders import BernoulliDecoder, GaussianDecoder, JointBase
     from flowjoint.distributions import StandardNormal
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
         ConditionalAffine,
         ConditionalElementwise,
         ElementwiseMap,
-        soft_clamp,
     )
     from flowjoint.flows import Flow
     from flowjoint.image_flows import multiscale_realnvp
@@ -77,6 +77,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "encoder_coupling",
     ),
     "builders": ("coupling_flow", "nice", "realnvp"),
+    "clamp": ("soft_clamp",),
     "coupling": ("AdditiveCoupling", "AffineCoupling", "Coupling", "SplineCoupling"),
     "decoders": ("BernoulliDecoder", "GaussianDecoder", "JointBase"),
     "distributions": ("StandardNormal",),
@@ -86,7 +87,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ConditionalAffine",
         "ConditionalElementwise",
         "ElementwiseMap",
-        "soft_clamp",
     ),
     "flows": ("Flow",),
     "jacobians": ("block_structure", "check_logabsdet", "jacobian", "plot_jacobian_patterns"),

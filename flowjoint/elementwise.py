@@ -31,6 +31,7 @@ from flowjoint.checks import (
     check_positive_int,
     sum_event,
 )
+from flowjoint.clamp import _signed_soft_clamp, soft_clamp
 from flowjoint.nets import MLP
 from flowjoint.transforms import (
     SavedSettings,
@@ -46,40 +47,7 @@ __all__ = [
     "ConditionalAffine",
     "ConditionalElementwise",
     "ElementwiseMap",
-    "soft_clamp",
 ]
-
-
-def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
-    """Map an unconstrained log-scale into ``[-bound, bound]``: ``bound * tanh(raw / bound)``.
-
-    Near zero it is the identity (slope 1), so learning is unaffected for moderate
-    scales; far from zero it saturates, so one layer can never scale by more than
-    ``exp(bound)`` or less than ``exp(-bound)``. ``bound=None`` leaves ``raw`` as is.
-
-    Computed as ``2 b (sigmoid(2 raw / b) - 1/2)``, with ``tanh(u) = 2 sigmoid(2u) - 1``:
-    on CPU, ATen's sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a
-    (64, 392) float32 tensor), is not split across threads below 32768 elements
-    (tanh is, from about 1024 on: one thread fork and join per layer) and has a
-    one-kernel backward. The price is an absolute rather than a relative rounding
-    error, at most about ``2 eps * bound`` (6e-7 in float32 for the default bound 3):
-    a log-scale 2 ulp off at worst. ``|result| <= bound`` holds exactly; ``+-inf``
-    gives ``+-bound`` and NaN stays NaN.
-    """
-    if bound is None:
-        return raw
-    return _signed_soft_clamp(raw, bound, 1.0)
-
-
-def _signed_soft_clamp(raw: Tensor, bound: float, sign: float) -> Tensor:
-    """``sign * soft_clamp(raw, bound)``, as ``(sigmoid(2 raw / b) - 1/2) * (2 sign b)``:
-    the same operations with the last factor's sign flipped, so ``sign=-1`` is exactly
-    the negation of ``sign=1`` (an affine inverse uses its forward's log-scale).
-    ``s - 1/2`` is exact for ``s >= 1/4``, so the error is the sigmoid's and one
-    product's. The scalars are operands, not ``alpha=``: inductor drops an ``alpha``
-    whose operand is symbolic, as a bound becomes when one compiled function meets a
-    second bound."""
-    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * sign * bound)
 
 
 class ElementwiseMap(nn.Module):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import flowjoint as fj
+from flowjoint.clamp import _clamp_factors, _signed_soft_clamp
 from flowjoint.elementwise import AdditiveMap, AffineMap
 
 
@@ -109,3 +110,64 @@ def test_the_inverse_does_not_negate_a_subclass_log_scale_in_place():
     _, logabsdet = layer.inverse(torch.randn(4, 2), params)
     torch.testing.assert_close(seen[0], -logabsdet)
     assert not Recording._own_log_scale and fj.AffineMap._own_log_scale
+
+
+def _python_number_clamp(raw, bound, sign):
+    """The clamp written with Python numbers: the path taken under torch.compile."""
+    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5) * (2.0 * sign * bound)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bound", [0.5, 2.7, 3.0, 80.0])
+def test_the_cached_factor_clamp_equals_the_python_number_one(dtype, bound, monkeypatch):
+    """One FMA of the exact ``2 b sigma - b``: the same bits as ``(sigma - 1/2) 2b`` wherever
+    ``sigma - 1/2`` is exact (``sigma >= 1/4``), one rounding of b's size elsewhere; and the
+    compile path (Python numbers) computes the same function."""
+    gen = torch.Generator().manual_seed(5)
+    raw = torch.randn(10_007, generator=gen, dtype=dtype) * 2 * bound  # odd length: a tail
+    ulp = torch.finfo(dtype).eps * 2 * bound
+    for sign in (1.0, -1.0):
+        fast = _signed_soft_clamp(raw, bound, sign)
+        slow = _python_number_clamp(raw, bound, sign)
+        exact_half = torch.sigmoid(raw * (2.0 / bound)) >= 0.25
+        assert torch.equal(fast[exact_half], slow[exact_half])
+        assert (fast - slow).abs().max().item() <= ulp
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert torch.equal(_signed_soft_clamp(raw, bound, sign), slow)
+        monkeypatch.undo()
+    assert torch.equal(_signed_soft_clamp(raw, bound, -1.0), -_signed_soft_clamp(raw, bound, 1.0))
+
+
+def test_the_clamp_first_called_in_inference_mode_still_trains():
+    """Its cached factors are made outside inference mode: a later training step can save
+    them for backward."""
+    _clamp_factors.cache_clear()
+    with torch.inference_mode():
+        fj.soft_clamp(torch.randn(4), 1.25)
+    raw = torch.randn(4, requires_grad=True)
+    fj.soft_clamp(raw, 1.25).sum().backward()
+    torch.testing.assert_close(raw.grad, 1 - torch.tanh(raw.detach() / 1.25) ** 2)
+
+
+def test_a_fake_tensor_never_enters_the_clamps_cache():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    _clamp_factors.cache_clear()
+    with FakeTensorMode() as mode:
+        out = fj.soft_clamp(mode.from_tensor(torch.randn(3)), 1.75)
+    assert out.shape == (3,) and _clamp_factors.cache_info().currsize == 0
+    x = torch.randn(3, dtype=torch.float64)
+    torch.testing.assert_close(fj.soft_clamp(x, 1.75), 1.75 * torch.tanh(x / 1.75))
+    assert all(type(f) is torch.Tensor for f in _clamp_factors(1.75, 1.0, torch.float64))
+
+
+def test_the_clamps_derivatives_in_every_mode_of_autodiff():
+    """Reverse (first and second order), forward mode and vmap through the in-place sigmoid."""
+    raw = torch.randn(7, dtype=torch.float64, requires_grad=True) * 3
+    clamp = lambda v: fj.soft_clamp(v, 3.0)  # noqa: E731
+    assert torch.autograd.gradcheck(clamp, (raw,))
+    assert torch.autograd.gradgradcheck(clamp, (raw,))
+    x = raw.detach()
+    forward = torch.func.jacfwd(clamp)(x)
+    torch.testing.assert_close(forward, torch.diag(1 - torch.tanh(x / 3) ** 2))
+    torch.testing.assert_close(torch.func.vmap(clamp)(x.reshape(7, 1)).flatten(), clamp(x))

@@ -1,0 +1,75 @@
+"""The soft clamp of an affine layer's log-scale: ``bound * tanh(raw / bound)``.
+
+Every affine map of the library (coupling layers, the VAE's reparametrization, the
+Gaussian decoder's scale) bounds its log-scale with it by default, so it is on the hot
+path of every pass: written for the fewest kernels and no per-call conversions.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = ["soft_clamp"]
+
+
+def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
+    """Map an unconstrained log-scale into ``[-bound, bound]``: ``bound * tanh(raw / bound)``.
+
+    Near zero it is the identity (slope 1), so learning is unaffected for moderate
+    scales; far from zero it saturates, so one layer can never scale by more than
+    ``exp(bound)`` or less than ``exp(-bound)``. ``bound=None`` leaves ``raw`` as is.
+
+    Computed as ``2 b sigmoid(2 raw / b) - b``, with ``tanh(u) = 2 sigmoid(2u) - 1``, in
+    three kernels (a product, an in-place sigmoid, one fused multiply-add): on CPU, ATen's
+    sigmoid costs a fraction of its tanh (measured 2.6x cheaper on a (64, 392) float32
+    tensor), is not split across threads below 32768 elements (tanh is, from about 1024
+    on: one thread fork and join per layer) and has a one-kernel backward. The price is
+    an absolute rather than a relative rounding error, at most about ``2 eps * bound``
+    (6e-7 in float32 for the default bound 3): a log-scale 2 ulp off at worst.
+    ``|result| <= bound`` holds exactly; ``+-inf`` gives ``+-bound`` and NaN stays NaN.
+    """
+    if bound is None:
+        return raw
+    return _signed_soft_clamp(raw, bound, 1.0)
+
+
+def _signed_soft_clamp(raw: Tensor, bound: float, sign: float) -> Tensor:
+    """``sign * soft_clamp(raw, bound)``, as ``sigmoid(2 raw / b) * (2 sign b) - sign b``.
+
+    Three kernels: a product, an in-place sigmoid and one fused multiply-add (``torch.add``
+    with ``alpha``, whose CPU kernel is an FMA): one rounding of the exact
+    ``2 sign b sigma - sign b``, so ``sign=-1`` is exactly the negation of ``sign=1`` (an
+    affine inverse uses its forward's log-scale), and the error is the sigmoid's and that
+    one rounding. In float32 and float64 the factors ``2 / b`` and ``-sign b`` are 0-dim
+    tensors made once per bound and dtype (`_clamp_factors`): a Python number would be
+    converted to a tensor at every call, about 1.6 us per operation on this kind of CPU.
+
+    Under ``torch.compile``, for a tensor subclass (fake, functional) and for other dtypes
+    it is the same function written with Python numbers and no ``alpha=``:
+    ``(sigmoid(2 raw / b) - 1/2) * (2 sign b)``, where ``sigma - 1/2`` is exact for
+    ``sigma >= 1/4`` (the same bits there). Inductor drops an ``alpha`` whose operand is
+    symbolic, as a bound becomes when one compiled function meets a second bound, and a
+    cached constant must never be a fake or functional tensor.
+    """
+    if type(raw) is Tensor and raw.dtype in _CACHED_DTYPES and not torch.compiler.is_compiling():
+        scale, offset = _clamp_factors(bound, sign, raw.dtype)
+        return torch.add(offset, (raw * scale).sigmoid_(), alpha=2.0 * sign * bound)
+    return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * sign * bound)
+
+
+_CACHED_DTYPES = (torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _clamp_factors(bound: float, sign: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``2 / bound`` and ``-sign * bound`` as 0-dim CPU tensors of ``dtype``: CPU scalars,
+    usable with inputs on any device, and made outside inference mode so that a clamp
+    first called under ``torch.inference_mode`` still trains afterwards."""
+    with torch.inference_mode(False):
+        return (
+            torch.tensor(2.0 / bound, dtype=dtype, device="cpu"),
+            torch.tensor(-sign * bound, dtype=dtype, device="cpu"),
+        )
