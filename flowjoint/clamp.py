@@ -12,6 +12,8 @@ import functools
 import torch
 from torch import Tensor
 
+from flowjoint.checks import check_log_scale_bound
+
 __all__ = ["soft_clamp"]
 
 
@@ -30,7 +32,15 @@ def soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
     an absolute rather than a relative rounding error, at most about ``2 eps * bound``
     (6e-7 in float32 for the default bound 3): a log-scale 2 ulp off at worst.
     ``|result| <= bound`` holds exactly; ``+-inf`` gives ``+-bound`` and NaN stays NaN.
+
+    ``bound`` is checked as a layer's ``log_scale_bound`` is (``None`` or a number in
+    ``[1e-6, 80]``; ``TypeError``/``ValueError`` naming it otherwise).
     """
+    return _soft_clamp(raw, check_log_scale_bound(bound, "bound"))
+
+
+def _soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
+    """`soft_clamp` for a bound already checked (a layer's, checked when it was built)."""
     if bound is None:
         return raw
     return _signed_soft_clamp(raw, bound, 1.0)

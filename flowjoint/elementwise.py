@@ -31,7 +31,7 @@ from flowjoint.checks import (
     check_positive_int,
     sum_event,
 )
-from flowjoint.clamp import _signed_soft_clamp, soft_clamp
+from flowjoint.clamp import _signed_soft_clamp, _soft_clamp
 from flowjoint.nets import MLP
 from flowjoint.transforms import (
     SavedSettings,
@@ -100,7 +100,7 @@ class AffineMap(SavedSettings, ElementwiseMap):
 
     def shift_and_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, raw = params.chunk(2, dim=1)  # (batch, n, *rest) each
-        return shift, soft_clamp(raw, self.log_scale_bound)
+        return shift, _soft_clamp(raw, self.log_scale_bound)
 
     def forward(self, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self.shift_and_log_scale(params)

@@ -171,3 +171,14 @@ def test_the_clamps_derivatives_in_every_mode_of_autodiff():
     forward = torch.func.jacfwd(clamp)(x)
     torch.testing.assert_close(forward, torch.diag(1 - torch.tanh(x / 3) ** 2))
     torch.testing.assert_close(torch.func.vmap(clamp)(x.reshape(7, 1)).flatten(), clamp(x))
+
+
+@pytest.mark.parametrize(
+    ("bound", "error"),
+    [(torch.tensor(3.0), TypeError), (True, TypeError), ("3", TypeError),
+     (float("nan"), ValueError), (float("inf"), ValueError), (0.0, ValueError), (-1.0, ValueError),
+     (81.0, ValueError)],
+)
+def test_soft_clamp_refuses_a_bound_that_is_not_a_layers_bound(bound, error):
+    with pytest.raises(error, match="bound"):
+        fj.soft_clamp(torch.randn(3), bound)
