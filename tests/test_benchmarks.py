@@ -124,3 +124,30 @@ def test_load_reading_and_rounds():
         {"a": lambda: None}, "a", rounds=2, target_seconds=0.0, max_load=-1.0, max_retries=2
     )
     assert comparison.reruns == 4 and comparison.flagged == 2
+
+
+def test_clamp_cost_tiny_run(capsys):
+    import clamp_cost
+
+    report = clamp_cost.main(["--tiny", "--seconds", "0", "--min-groups", "5", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert set(report["configs"]) == {c.label for c in peers.TINY_CONFIGS}
+    for ops in report["configs"].values():
+        assert set(ops) == {"train step", "log_prob", "sample"}
+        for r in ops.values():
+            assert r["groups"] == 5 and r["clamp cost"] > 0 and r["A/A"] > 0
+            assert r["interval"][0] <= r["clamp cost"] <= r["interval"][1]
+    assert "| config" in out and "95% interval" in out
+
+
+def test_clamp_cost_groups_shuffle_the_order_and_time_every_candidate():
+    import clamp_cost
+
+    seen = []
+    calls = {name: (lambda name=name: seen.append(name)) for name in "abc"}
+    times = clamp_cost.timed_groups(calls, seconds=0.0, min_groups=30)
+    assert all(len(t) == 30 for t in times.values())
+    groups = [tuple(seen[6 + 3 * i : 9 + 3 * i]) for i in range(30)]  # after the warm-up
+    assert all(sorted(g) == ["a", "b", "c"] for g in groups)
+    assert len(set(groups)) > 3  # orders vary
+    assert clamp_cost.median_interval([1.0] * 7) == (1.0, 1.0)
