@@ -8,6 +8,7 @@ path of every pass: written for the fewest kernels and no per-call conversions.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -47,26 +48,32 @@ def _soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
 
 
 def _signed_soft_clamp(raw: Tensor, bound: float, sign: float) -> Tensor:
-    """``sign * soft_clamp(raw, bound)``, as ``sigmoid(2 raw / b) * (2 sign b) - sign b``.
+    """``sign * soft_clamp(raw, bound)``: the same function of ``raw`` on every path.
 
-    Three kernels: a product, an in-place sigmoid and one fused multiply-add (``torch.add``
-    with ``alpha``, whose CPU kernel is an FMA): one rounding of the exact
-    ``2 sign b sigma - sign b``, so ``sign=-1`` is exactly the negation of ``sign=1`` (an
-    affine inverse uses its forward's log-scale), and the error is the sigmoid's and that
-    one rounding. In float32 and float64 the factors ``2 / b`` and ``-sign b`` are 0-dim
-    tensors made once per bound and dtype (`_clamp_factors`): a Python number would be
-    converted to a tensor at every call, about 1.6 us per operation on this kind of CPU.
+    Where ``torch.add(c, x, alpha=a)`` is one fused multiply-add (ATen's AVX2 and AVX-512
+    CPU kernels; probed once per device type and dtype by `_add_is_fused`), three
+    kernels: a product, an in-place sigmoid and
+    ``torch.add(-sign b, sigma, alpha=2 sign b)``, one rounding of the exact
+    ``2 sign b sigma - sign b``. Elsewhere ``(sigmoid(2 raw / b) - 1/2) * (2 sign b)``,
+    where ``sigma - 1/2`` is exact for ``sigma >= 1/4``: one rounding of the same exact
+    value there, so both forms give the same bits where ``sigma >= 1/4`` and the fused
+    one a single rounding below. Either way ``sign=-1`` is exactly the negation of
+    ``sign=1`` (rounding is symmetric; an affine inverse uses its forward's log-scale).
 
-    Under ``torch.compile``, for a tensor subclass (fake, functional) and for other dtypes
-    it is the same function written with Python numbers and no ``alpha=``:
-    ``(sigmoid(2 raw / b) - 1/2) * (2 sign b)``, where ``sigma - 1/2`` is exact for
-    ``sigma >= 1/4`` (the same bits there). Inductor drops an ``alpha`` whose operand is
-    symbolic, as a bound becomes when one compiled function meets a second bound, and a
-    cached constant must never be a fake or functional tensor.
+    On the fused path the factors ``2 / b`` and ``-sign b`` are 0-dim tensors made once
+    per bound and dtype (`_clamp_factors`): a Python number would be converted to a tensor
+    at every call, about 1.6 us per operation on this kind of CPU. Under
+    ``torch.compile``, for a tensor subclass (fake, functional) and for dtypes other than
+    float32 and float64 the second form is used, with Python numbers and no ``alpha=``:
+    inductor drops an ``alpha`` whose operand is symbolic, as a bound becomes when one
+    compiled function meets a second bound, and a cached constant must never be a fake or
+    functional tensor.
     """
     if type(raw) is Tensor and raw.dtype in _CACHED_DTYPES and not torch.compiler.is_compiling():
-        scale, offset = _clamp_factors(bound, sign, raw.dtype)
-        return torch.add(offset, (raw * scale).sigmoid_(), alpha=2.0 * sign * bound)
+        factors = _clamp_factors(bound, sign, raw.dtype, raw.device.type)
+        if factors is not None:
+            scale, offset = factors
+            return torch.add(offset, (raw * scale).sigmoid_(), alpha=2.0 * sign * bound)
     return (torch.sigmoid(raw * (2.0 / bound)) - 0.5).mul_(2.0 * sign * bound)
 
 
@@ -74,12 +81,31 @@ _CACHED_DTYPES = (torch.float32, torch.float64)
 
 
 @functools.lru_cache(maxsize=64)
-def _clamp_factors(bound: float, sign: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``2 / bound`` and ``-sign * bound`` as 0-dim CPU tensors of ``dtype``: CPU scalars,
-    usable with inputs on any device, and made outside inference mode so that a clamp
-    first called under ``torch.inference_mode`` still trains afterwards."""
+def _clamp_factors(
+    bound: float, sign: float, dtype: torch.dtype, device_type: str
+) -> tuple[Tensor, Tensor] | None:
+    """``2 / bound`` and ``-sign * bound`` as 0-dim CPU tensors of ``dtype``, or ``None``
+    where `_add_is_fused` is false. CPU scalars are usable with inputs on any device; they
+    are made outside inference mode so that a clamp first called under
+    ``torch.inference_mode`` still trains afterwards."""
+    if not _add_is_fused(dtype, device_type):
+        return None
     with torch.inference_mode(False):
         return (
             torch.tensor(2.0 / bound, dtype=dtype, device="cpu"),
             torch.tensor(-sign * bound, dtype=dtype, device="cpu"),
         )
+
+
+@functools.cache
+def _add_is_fused(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether ``torch.add(c, x, alpha=a)`` rounds once (a fused multiply-add) in every lane
+    on ``device_type``: ``(1 + 2^-k)^2 - (1 + 2^(1-k))`` is ``2^-2k`` fused and 0 rounded
+    twice. Devices other than CPU and CUDA are not probed (false)."""
+    if device_type not in ("cpu", "cuda"):
+        return False
+    k = round(-math.log2(torch.finfo(dtype).eps)) // 2 + 1  # half the significand, and one
+    with torch.inference_mode(False), torch.no_grad():
+        x = torch.full((67,), 1 + 2.0**-k, dtype=dtype, device=device_type)  # lanes and a tail
+        offset = torch.tensor(-(1 + 2.0 ** (1 - k)), dtype=dtype)
+        return bool((torch.add(offset, x, alpha=1 + 2.0**-k) == 2.0 ** (-2 * k)).all())
