@@ -11,9 +11,12 @@ ratio compares calls made within milliseconds of each other:
 * **clamp cost**: the median over call groups of default / ``bound=None``, with a
   bootstrap 95 % interval of that median;
 * **A/A**: a second instance of the default model against the first, timed the same
-  way: its distance from 1.00 is what noise alone does.
+  way, with its interval: its distance from 1.00 is what two instances of one model
+  differ by (memory placement), which the clamp cost's interval does not include.
 
-The targets are 1.05 for a training step and 1.08 for ``log_prob`` and sampling.
+Before each operation every model gets the same weights again (a training step moves
+them). The targets are 1.05 for a training step and 1.08 for ``log_prob`` and
+sampling; a cell "meets" its target when its interval's upper end does.
 Run ``python benchmarks/clamp_cost.py`` (about 4 minutes) or ``--seconds 2``.
 """
 
@@ -84,19 +87,21 @@ def measure_config(cfg, args: argparse.Namespace, log) -> dict:
     counts = {num_parameters(m.module) for m in models.values()}
     if len(counts) != 1:
         raise AssertionError(f"parameter counts differ: {counts}")
-    ops = {name: make_ops(model, x) for name, model in models.items()}
     report = {}
     for op in OPERATIONS:
+        for model in models.values():  # the same weights for every operation (training moves them)
+            randomize(model.module, seed=1)
+        calls = {name: make_ops(model, x)[op] for name, model in models.items()}
         before = common.read_cpu_ticks()
-        times = timed_groups({n: ops[n][op] for n in CANDIDATES}, args.seconds, args.min_groups)
+        times = timed_groups(calls, args.seconds, args.min_groups)
         load = common.other_load(before, common.read_cpu_ticks())
         cost = [a / b for a, b in zip(times["default"], times[UNCLAMPED])]
         control = [a / b for a, b in zip(times["default (A/A)"], times["default"])]
-        low, high = median_interval(cost)
         report[op] = {
             "clamp cost": statistics.median(cost),
-            "interval": (low, high),
+            "interval": median_interval(cost),
             "A/A": statistics.median(control),
+            "A/A interval": median_interval(control),
             "groups": len(cost),
             "ms": statistics.median(times["default"]) * 1e3,
             "load": load,
@@ -105,13 +110,15 @@ def measure_config(cfg, args: argparse.Namespace, log) -> dict:
         r = report[op]
         log(
             f"{cfg.label:18s} {op:10s} clamp cost {r['clamp cost']:.3f} "
-            f"(95% {low:.3f}-{high:.3f}), A/A {r['A/A']:.3f}, {r['groups']} groups, "
+            f"(95% {r['interval'][0]:.3f}-{r['interval'][1]:.3f}), A/A {r['A/A']:.3f} "
+            f"(95% {r['A/A interval'][0]:.3f}-{r['A/A interval'][1]:.3f}), {r['groups']} groups, "
             f"{r['ms']:.1f} ms per call, others' load {load:.0%}, target {TARGETS[op]}"
         )
     return report
 
 
 def summary_table(report: dict) -> str:
+    """One row per cell; "met" when the interval's upper end is at most the target."""
     rows = [
         (
             label,
@@ -119,13 +126,16 @@ def summary_table(report: dict) -> str:
             f"{r['clamp cost']:.3f}",
             f"{r['interval'][0]:.3f}-{r['interval'][1]:.3f}",
             f"{r['A/A']:.3f}",
+            f"{r['A/A interval'][0]:.3f}-{r['A/A interval'][1]:.3f}",
             f"{r['target']:.2f}",
-            "yes" if r["clamp cost"] <= r["target"] else "no",
+            "yes" if r["interval"][1] <= r["target"] else "no",
         )
         for label, ops in report["configs"].items()
         for op, r in ops.items()
     ]
-    header = ("config", "operation", "clamp cost", "95% interval", "A/A", "target", "met")
+    header = (
+        "config", "operation", "clamp cost", "95% interval", "A/A", "A/A 95%", "target", "met"
+    )  # fmt: skip
     return common.format_table(rows, header)
 
 
@@ -147,9 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.only) - set(labels))
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; choose from {labels}")
-    if args.seconds < 0 or args.min_groups < 1:
-        p.error(f"--seconds must be >= 0 and --min-groups >= 1, got {args.seconds}, "
-                f"{args.min_groups}")  # fmt: skip
+    if not 0 <= args.seconds < float("inf"):
+        p.error(f"--seconds must be finite and >= 0, got {args.seconds}")
+    if args.min_groups < 1 or args.threads < 1:
+        p.error(f"--min-groups and --threads must be >= 1, got {args.min_groups}, {args.threads}")
     return args
 
 

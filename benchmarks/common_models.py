@@ -24,8 +24,9 @@ class Model:
 
 def clamp(raw: Tensor, bound: float | None) -> Tensor:
     """flowjoint's soft clamp written out: ``b tanh(raw / b) = 2b sigmoid(2 raw / b) - b``,
-    computed as flowjoint computes it in eager mode (a product, an in-place sigmoid and one
-    fused multiply-add, the factors 0-dim tensors made once)."""
+    computed as flowjoint computes it in eager mode where ``torch.add(..., alpha=)`` is a
+    fused multiply-add, as on the benchmark machine (a product, an in-place sigmoid and
+    the add, the factors 0-dim tensors made once)."""
     if bound is None:
         return raw
     key = (bound, raw.dtype)

@@ -137,7 +137,11 @@ def test_clamp_cost_tiny_run(capsys):
         for r in ops.values():
             assert r["groups"] == 5 and r["clamp cost"] > 0 and r["A/A"] > 0
             assert r["interval"][0] <= r["clamp cost"] <= r["interval"][1]
+            assert r["A/A interval"][0] <= r["A/A"] <= r["A/A interval"][1]
     assert "| config" in out and "95% interval" in out
+    for bad in (["--threads", "0"], ["--seconds", "inf"], ["--seconds", "nan"], ["--only", "D=3"]):
+        with pytest.raises(SystemExit):
+            clamp_cost.parse_args(bad)
 
 
 def test_clamp_cost_groups_shuffle_the_order_and_time_every_candidate():
