@@ -126,32 +126,42 @@ def test_load_reading_and_rounds():
     assert comparison.reruns == 4 and comparison.flagged == 2
 
 
-def test_clamp_cost_tiny_run(capsys):
-    import clamp_cost
+@pytest.mark.parametrize("against", [None, "nflows"])
+def test_paired_tiny_run(capsys, against):
+    import paired
 
-    report = clamp_cost.main(["--tiny", "--seconds", "0", "--min-groups", "5", "--threads", "1"])
+    extra = [] if against is None else ["--against", against]
+    args = ["--tiny", "--seconds", "0", "--min-groups", "5", "--threads", "1", *extra]
+    report = paired.main(args)
     out = capsys.readouterr().out
     assert set(report["configs"]) == {c.label for c in peers.TINY_CONFIGS}
     for ops in report["configs"].values():
         assert set(ops) == {"train step", "log_prob", "sample"}
-        for r in ops.values():
-            assert r["groups"] == 5 and r["clamp cost"] > 0 and r["A/A"] > 0
-            assert r["interval"][0] <= r["clamp cost"] <= r["interval"][1]
+        for op, r in ops.items():
+            assert r["groups"] == 5 and r["ratio"] > 0 and r["A/A"] > 0
+            assert r["interval"][0] <= r["ratio"] <= r["interval"][1]
             assert r["A/A interval"][0] <= r["A/A"] <= r["A/A interval"][1]
-    assert "| config" in out and "95% interval" in out
-    for bad in (["--threads", "0"], ["--seconds", "inf"], ["--seconds", "nan"], ["--only", "D=3"]):
+            assert r["target"] == (paired.TARGETS[op] if against is None else 1.0)
+    assert "| config" in out and ("| met" in out if against is None else "flowjoint ahead" in out)
+
+
+def test_paired_refuses_bad_arguments():
+    import paired
+
+    for bad in (["--threads", "0"], ["--seconds", "inf"], ["--seconds", "nan"], ["--only", "D=3"],
+                ["--against", "flowjoint"]):  # fmt: skip
         with pytest.raises(SystemExit):
-            clamp_cost.parse_args(bad)
+            paired.parse_args(bad)
 
 
-def test_clamp_cost_groups_shuffle_the_order_and_time_every_candidate():
-    import clamp_cost
+def test_paired_groups_shuffle_the_order_and_time_every_candidate():
+    import paired
 
     seen = []
     calls = {name: (lambda name=name: seen.append(name)) for name in "abc"}
-    times = clamp_cost.timed_groups(calls, seconds=0.0, min_groups=30)
+    times = paired.timed_groups(calls, seconds=0.0, min_groups=30)
     assert all(len(t) == 30 for t in times.values())
     groups = [tuple(seen[6 + 3 * i : 9 + 3 * i]) for i in range(30)]  # after the warm-up
     assert all(sorted(g) == ["a", "b", "c"] for g in groups)
     assert len(set(groups)) > 3  # orders vary
-    assert clamp_cost.median_interval([1.0] * 7) == (1.0, 1.0)
+    assert paired.median_interval([1.0] * 7) == (1.0, 1.0)
