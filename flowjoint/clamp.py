@@ -14,6 +14,8 @@ import numbers
 import torch
 from torch import Tensor
 
+from flowjoint.checks import check_number
+
 __all__ = ["soft_clamp"]
 
 
@@ -42,10 +44,7 @@ def soft_clamp(raw: Tensor, bound: float | Tensor | None) -> Tensor:
         return _soft_clamp(raw, bound)
     if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
         raise TypeError(f"bound must be None, a positive real number or a tensor, got {bound!r}")
-    value = float(bound)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"bound must be positive and finite, got {bound!r}")
-    return _soft_clamp(raw, value)
+    return _soft_clamp(raw, check_number(float(bound), "bound", low=0.0, low_open=True))
 
 
 def _soft_clamp(raw: Tensor, bound: float | None) -> Tensor:
@@ -136,7 +135,7 @@ def _add_is_fused(dtype: torch.dtype, device_type: str) -> bool:
     if device_type not in ("cpu", "cuda"):
         return False
     k = round(-math.log2(torch.finfo(dtype).eps)) // 2 + 1  # half the significand, and one
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.no_grad():
         x = torch.full((67,), 1 + 2.0**-k, dtype=dtype, device=device_type)  # lanes and a tail
         offset = torch.tensor(-(1 + 2.0 ** (1 - k)), dtype=dtype, device="cpu")
         return bool((torch.add(offset, x, alpha=1 + 2.0**-k) == 2.0 ** (-2 * k)).all())
